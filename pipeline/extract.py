@@ -1,0 +1,46 @@
+"""Stage extract: run the teacher once over the training split and store its signals.
+
+Stores soft logits and the attention maps of the teacher layers the distil layer map pairs
+with student layers, ragged and in extract.dtype, with a verifying manifest.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnkd import data, signals
+from attnkd.errors import run_stage
+from attnkd.io import atomic_dir, sha256_file
+from attnkd.losses import resolve_layer_map
+from attnkd.models import load_classifier, load_tokenizer, weights_file
+from attnkd.stage import parser, setup
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
+    p.add_argument("--out", type=Path, required=True, help="signal store dir")
+    args = p.parse_args()
+    params = setup(args.params)
+
+    meta = data.load_meta(args.prepared)
+    train = data.load_split(args.prepared, "train")
+    model = load_classifier(args.teacher)
+    pad_id = load_tokenizer(args.teacher).pad_token_id
+    pairs = resolve_layer_map(params.distill.layer_map, model.config.num_hidden_layers, params.distill.student.num_layers)
+    layers = sorted({t for t, _ in pairs})
+    describe = {
+        "split": "train",
+        "teacher_sha256": sha256_file(weights_file(args.teacher)),
+        "inputs_sha256": meta["splits"]["train"]["inputs_sha256"],
+        "max_length": meta["max_length"],
+    }
+    with atomic_dir(args.out) as tmp:
+        manifest = signals.extract(model, train, layers, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe)
+    size = sum(f["bytes"] for f in manifest["files"].values())
+    print(f"extract: {len(train)} examples, layers {layers}, {size / 2**20:.1f} MiB -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

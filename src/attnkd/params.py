@@ -1,0 +1,195 @@
+"""Typed, validated params: one pydantic model per params.yaml section.
+
+The whole file is validated when any stage starts, so a typo anywhere stops the pipeline before
+work is done, with one line naming the key (`params.yaml: distill.temperature: ...`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from attnkd.errors import UserError
+
+PACKAGED_MODEL = "all-MiniLM-L6-v2"
+LOSS_NAMES = ("ce", "kd", "attn_kl")  # the loss terms a method may weight (see losses.LOSSES)
+
+PosInt = Annotated[int, Field(gt=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(Section):
+    source: Literal["bbc_news"] = "bbc_news"
+    max_length: Annotated[int, Field(ge=8, le=512)] = 128
+    val_fraction: Fraction = 0.1
+    test_fraction: Fraction = 0.2
+    # BBC News ships one file that is not valid UTF-8 (a Windows-1252 pound sign).
+    # utf8_or_cp1252: decode as UTF-8, fall back to cp1252 and count it; strict: fail naming the file.
+    decode: Literal["utf8_or_cp1252", "strict"] = "utf8_or_cp1252"
+    limit_per_class: Annotated[int, Field(ge=0)] = 0  # 0 = all; >0 keeps the first N per class (tests)
+
+    @model_validator(mode="after")
+    def _fractions_leave_train(self) -> DataParams:
+        if self.val_fraction + self.test_fraction >= 0.9:
+            raise ValueError("val_fraction + test_fraction must stay below 0.9 to leave a training split")
+        return self
+
+
+class TeacherParams(Section):
+    init: str = PACKAGED_MODEL  # the packaged MiniLM, or a local HF model dir (relative to the repo root)
+    epochs: PosInt = 2
+    batch_size: PosInt = 16
+    learning_rate: PosFloat = 1.0e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    eval_batch_size: PosInt = 64
+    max_steps: Annotated[int, Field(ge=0)] = 0  # 0 = no cap; >0 stops early (tests)
+
+
+class ExtractParams(Section):
+    dtype: Literal["float16", "float32", "bfloat16"] = "float16"
+    batch_size: PosInt = 64
+
+
+class StudentParams(Section):
+    num_layers: PosInt = 3
+    hidden_size: PosInt = 384
+    num_heads: PosInt = 12
+    intermediate_size: PosInt = 1536
+    # teacher: copy embeddings and the mapped teacher layers (needs equal width);
+    # embeddings: copy embeddings only; random: nothing copied.
+    init: Literal["teacher", "embeddings", "random"] = "embeddings"
+    attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> StudentParams:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        return self
+
+
+LayerPair = Annotated[list[PosInt], Field(min_length=2, max_length=2)]
+
+
+class DistillParams(Section):
+    student: StudentParams = StudentParams()
+    # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
+    # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
+    layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
+    epochs: PosInt = 3
+    batch_size: PosInt = 16
+    learning_rate: PosFloat = 2.0e-4
+    weight_decay: Annotated[float, Field(ge=0)] = 0.01
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    temperature: PosFloat = 2.0
+    eval_batch_size: PosInt = 64
+    max_steps: Annotated[int, Field(ge=0)] = 0
+
+    @field_validator("layer_map", mode="before")
+    @classmethod
+    def _layer_map_shape(cls, value: object) -> object:
+        pairs_ok = isinstance(value, list) and value and all(
+            isinstance(p, list) and len(p) == 2 and all(type(i) is int and i > 0 for i in p) for p in value
+        )
+        if value in ("uniform", "last") or pairs_ok:
+            return value
+        raise ValueError(
+            f"{value!r} is not 'uniform', 'last' or a list of [teacher_layer, student_layer] pairs (1-based)"
+        )
+
+
+class MethodWeights(Section):
+    """Loss weights of one distillation method; a missing term has weight 0."""
+
+    ce: Annotated[float, Field(ge=0)] = 0.0
+    kd: Annotated[float, Field(ge=0)] = 0.0
+    attn_kl: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _some_weight(self) -> MethodWeights:
+        if not any(self.weights().values()):
+            raise ValueError("a method needs at least one positive loss weight")
+        return self
+
+    def weights(self) -> dict[str, float]:
+        return {name: getattr(self, name) for name in LOSS_NAMES if getattr(self, name) > 0}
+
+
+class EvaluateParams(Section):
+    models: Annotated[list[str], Field(min_length=1)] = ["teacher", "ce", "kd", "at", "kd_at"]
+    batch_size: PosInt = 64
+    latency_examples: PosInt = 32
+    latency_repeats: PosInt = 5
+
+
+class ReportParams(Section):
+    title: str = "Attention-transfer distillation report"
+    digits: Annotated[int, Field(ge=1, le=6)] = 3
+
+
+class Params(Section):
+    seed: Annotated[int, Field(ge=0)] = 42
+    data: DataParams = DataParams()
+    teacher: TeacherParams = TeacherParams()
+    extract: ExtractParams = ExtractParams()
+    distill: DistillParams = DistillParams()
+    methods: dict[str, MethodWeights] = {
+        "ce": MethodWeights(ce=1.0),
+        "kd": MethodWeights(ce=0.5, kd=0.5),
+        "at": MethodWeights(ce=1.0, attn_kl=1.0),
+        "kd_at": MethodWeights(ce=0.5, kd=0.5, attn_kl=1.0),
+    }
+    evaluate: EvaluateParams = EvaluateParams()
+    report: ReportParams = ReportParams()
+
+    @field_validator("methods")
+    @classmethod
+    def _method_names(cls, methods: dict[str, MethodWeights]) -> dict[str, MethodWeights]:
+        for name in methods:
+            if name == "teacher" or not name.replace("_", "").isalnum():
+                raise ValueError(f"method name {name!r} must be letters, digits or _ and not 'teacher'")
+        return methods
+
+    @model_validator(mode="after")
+    def _evaluated_models_exist(self) -> Params:
+        for name in self.evaluate.models:
+            if name != "teacher" and name not in self.methods:
+                raise ValueError(f"evaluate.models names {name!r}, which is neither 'teacher' nor a key of methods")
+        return self
+
+
+def _format_error(err: ValidationError, path: Path) -> str:
+    first = err.errors()[0]
+    # drop pydantic's union-branch labels such as "literal['uniform','last']" from the key path
+    loc = ".".join(str(p) for p in first["loc"] if "[" not in str(p)) or "(top level)"
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{path}: {loc}: {msg}{more}"
+
+
+def load_params(path: Path | str = "params.yaml") -> Params:
+    """Read and validate the whole params file; raise UserError naming the first bad key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: params file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections at the top level")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise UserError(_format_error(err, path)) from None

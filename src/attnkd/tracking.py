@@ -1,0 +1,94 @@
+"""MLflow tracking: one run per training stage, in one store for `dvc repro` and `dvc exp run`.
+
+The store is MLFLOW_TRACKING_URI when set (e.g. a team's `mlflow server`), else a SQLite file
+`mlflow.db` at the repository root (DVC_ROOT, which DVC sets for every stage it runs, or the
+current directory), so runs land in the same place whichever command started them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+EXPERIMENT = "attnkd"
+
+
+def repo_root() -> Path:
+    return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+
+
+def git_commit(root: Path) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(stage: str, seed: int) -> dict[str, str]:
+    """Provenance of a run: commit, DVC stage and experiment, seed and library versions."""
+    import torch
+    import transformers
+
+    import attnkd
+
+    return {
+        "git.commit": git_commit(repo_root()),
+        "dvc.stage": os.environ.get("DVC_STAGE", stage),
+        "dvc.experiment": os.environ.get("DVC_EXP_NAME", ""),
+        "dvc.baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV", ""),
+        "seed": str(seed),
+        "version.attnkd": attnkd.__version__,
+        "version.torch": torch.__version__,
+        "version.transformers": transformers.__version__,
+        "version.python": platform.python_version(),
+    }
+
+
+class Run:
+    """The slice of the MLflow API the stages use."""
+
+    def __init__(self, mlflow):
+        self._mlflow = mlflow
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
+
+    def log_artifact(self, path: Path) -> None:
+        self._mlflow.log_artifact(str(path))
+
+
+@contextlib.contextmanager
+def mlflow_run(stage: str, run_name: str, params: dict, seed: int) -> Iterator[Run]:
+    """Open a run in the configured store with flattened params and provenance tags."""
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repo_root() / "mlartifacts").as_uri()
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+    mlflow.set_experiment(EXPERIMENT)
+    with mlflow.start_run(run_name=run_name, tags=run_tags(stage, seed)):
+        mlflow.log_params(flatten(params))
+        yield Run(mlflow)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, f"{name}.")
+        else:
+            out[name] = str(value)
+    return out

@@ -1,0 +1,77 @@
+"""Shared fixtures: a tiny BERT built from a config (no download) and tiny params."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def tiny_config(num_labels: int = 5, layers: int = 2) -> BertConfig:
+    from attnkd.models import resolve_init
+
+    vocab = AutoTokenizer.from_pretrained(str(resolve_init("all-MiniLM-L6-v2"))).vocab_size
+    return BertConfig(
+        vocab_size=vocab, hidden_size=32, num_hidden_layers=layers, num_attention_heads=4,
+        intermediate_size=64, max_position_embeddings=128, num_labels=num_labels, attn_implementation="eager",
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny BERT (hidden 32, 2 layers, 4 heads) with the packaged uncased tokenizer, saved to disk."""
+    from attnkd.models import resolve_init
+
+    out = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_config()).save_pretrained(out)
+    AutoTokenizer.from_pretrained(str(resolve_init("all-MiniLM-L6-v2"))).save_pretrained(out)
+    return out
+
+
+def tiny_params(model_dir: Path, **overrides) -> dict:
+    """Params for a run of a few seconds: 60 articles, 32 tokens, one short epoch."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["data"] |= {"max_length": 32, "limit_per_class": 12, "val_fraction": 0.2, "test_fraction": 0.2}
+    params["teacher"] |= {"init": str(model_dir), "epochs": 1, "batch_size": 8, "learning_rate": 1.0e-3}
+    params["distill"]["student"] |= {"num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "embeddings"}
+    params["distill"] |= {"epochs": 1, "batch_size": 8}
+    params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1}
+    for section, values in overrides.items():
+        params[section] = params[section] | values if isinstance(values, dict) else values
+    return params
+
+
+@pytest.fixture
+def params_file(tmp_path, tiny_model_dir) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(tiny_model_dir)))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _mlflow_store(tmp_path, monkeypatch):
+    """Every test logs to its own SQLite store, never to the repo's mlflow.db."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def run_script(name: str, *args: str) -> int:
+    """Run pipeline/<name>.py in-process as __main__; return its exit code (0 when it returns)."""
+    argv = sys.argv
+    sys.argv = [name, *map(str, args)]
+    try:
+        runpy.run_path(str(REPO / "pipeline" / f"{name}.py"), run_name="__main__")
+        return 0
+    except SystemExit as exit_:
+        return int(exit_.code or 0)
+    finally:
+        sys.argv = argv

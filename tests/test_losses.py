@@ -1,0 +1,98 @@
+"""Every loss pinned against a value worked out by hand, plus the invariants it must keep."""
+
+import math
+
+import pytest
+import torch
+
+from attnkd.losses import LOSSES, attn_kl_loss, ce_loss, kd_loss
+
+
+def test_ce_matches_hand_value():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    # -log softmax: row 0: log(1 + e^-2); row 1: log 2
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2
+    assert ce_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_kd_matches_hand_value():
+    s = torch.tensor([[0.0, 0.0]])
+    t = torch.tensor([[2.0, 0.0]])
+    T = 2.0
+    p = [math.exp(1) / (math.exp(1) + 1), 1 / (math.exp(1) + 1)]  # softmax(t / T)
+    kl = sum(pi * math.log(pi / 0.5) for pi in p)  # student is uniform
+    assert kd_loss(s, t, T).item() == pytest.approx(T**2 * kl, abs=1e-6)
+
+
+def test_kd_is_zero_on_equal_logits_and_positive_otherwise():
+    x = torch.randn(4, 5)
+    assert kd_loss(x, x.clone(), 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_loss(x, torch.randn(4, 5), 3.0).item() > 0
+
+
+def _maps(b, h, t, lengths, seed=0):
+    """Random attention maps that are valid softmax rows over each example's real keys."""
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(b, h, t, t, generator=g)
+    mask = torch.zeros(b, t, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        mask[i, :n] = 1
+    scores = scores.masked_fill(~mask[:, None, None, :].bool(), float("-inf"))
+    return torch.softmax(scores, dim=-1), mask
+
+
+def test_attn_kl_matches_hand_value():
+    # one example, one head, two real tokens
+    a_t = torch.tensor([[[[0.5, 0.5], [0.9, 0.1]]]])
+    a_s = torch.tensor([[[[0.25, 0.75], [0.9, 0.1]]]])
+    mask = torch.ones(1, 2, dtype=torch.long)
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    expected = (row0 + 0.0) / 2  # mean over 2 query rows and 1 head
+    assert attn_kl_loss(a_s, a_t, mask).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_attn_kl_zero_on_equal_maps():
+    a, mask = _maps(2, 3, 5, [5, 3])
+    assert attn_kl_loss(a, a.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_attn_kl_ignores_masked_positions():
+    a_s, mask = _maps(2, 3, 6, [6, 4], seed=1)
+    a_t, _ = _maps(2, 3, 6, [6, 4], seed=2)
+    base = attn_kl_loss(a_s, a_t, mask)
+    # garbage in padded query rows and padded key columns of example 1 must not matter
+    a_t2, a_s2 = a_t.clone(), a_s.clone()
+    a_t2[1, :, 4:, :] = 0.7
+    a_s2[1, :, 4:, :] = 0.01
+    a_t2[1, :, :, 4:] = 0.3
+    assert attn_kl_loss(a_s2, a_t2, mask).item() == pytest.approx(base.item(), abs=1e-6)
+
+
+def test_attn_kl_is_invariant_to_padding_length():
+    a_s, mask = _maps(1, 2, 4, [4], seed=3)
+    a_t, _ = _maps(1, 2, 4, [4], seed=4)
+    pad = lambda a: torch.nn.functional.pad(a, (0, 3, 0, 3))  # T 4 -> 7, zeros
+    mask7 = torch.nn.functional.pad(mask, (0, 3))
+    assert attn_kl_loss(pad(a_s), pad(a_t), mask7).item() == pytest.approx(attn_kl_loss(a_s, a_t, mask).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kd", "attn_kl"])
+def test_gradients_reach_the_student_only(name):
+    if name == "kd":
+        s, t = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
+        loss = LOSSES[name](s, t, 2.0)
+    else:
+        a_s, mask = _maps(2, 2, 4, [4, 2], seed=5)
+        a_t, _ = _maps(2, 2, 4, [4, 2], seed=6)
+        s, t = a_s.requires_grad_(), a_t.requires_grad_()
+        loss = LOSSES[name](s, t, mask)
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+    assert t.grad is None
+
+
+def test_loss_registry_names_every_method_term():
+    from attnkd.params import LOSS_NAMES
+
+    assert set(LOSS_NAMES) == set(LOSSES)

@@ -1,0 +1,75 @@
+"""The attention conventions the losses rely on, and student construction."""
+
+import numpy as np
+import pytest
+import torch
+from transformers import BertForSequenceClassification
+
+from attnkd.data import Split, collate
+from attnkd.errors import UserError
+from attnkd.models import build_student, load_classifier, resolve_init, student_config
+from attnkd.params import StudentParams
+from conftest import tiny_config
+
+
+@pytest.fixture
+def teacher():
+    torch.manual_seed(0)
+    return BertForSequenceClassification(tiny_config(layers=4)).eval()
+
+
+def test_eager_attention_rows_sum_to_one_on_real_keys_and_zero_on_padding(tiny_model_dir):
+    model = load_classifier(tiny_model_dir).eval()
+    split = Split([[101, 2000, 2001, 102], [101, 102]], np.array([0, 1]))
+    b = collate(split, np.array([0, 1]), pad_id=0)
+    with torch.no_grad():
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True)
+    assert len(out.attentions) == model.config.num_hidden_layers
+    attn = out.attentions[0]  # (B, H, T, T)
+    assert attn.shape == (2, 4, 4, 4)
+    assert torch.allclose(attn.sum(-1), torch.ones(2, 4, 4), atol=1e-5)
+    assert attn[1, :, :, 2:].abs().max() == 0  # padded keys get no probability
+
+
+def test_attention_of_an_example_does_not_depend_on_batch_padding(tiny_model_dir):
+    model = load_classifier(tiny_model_dir).eval()
+    split = Split([[101, 2000, 102], [101, 2000, 2001, 2002, 2003, 102]], np.array([0, 1]))
+    with torch.no_grad():
+        alone = model(**{k: v for k, v in collate(split, np.array([0]), 0).items() if k != "labels"}, output_attentions=True)
+        padded = model(**{k: v for k, v in collate(split, np.array([0, 1]), 0).items() if k != "labels"}, output_attentions=True)
+    assert torch.allclose(alone.attentions[1][0], padded.attentions[1][0, :, :3, :3], atol=1e-5)
+
+
+def test_student_from_teacher_copies_mapped_layers(teacher):
+    sp = StudentParams(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, init="teacher")
+    student = build_student(teacher, sp, [(2, 1), (4, 2)], seed=0)
+    for t, s in [(2, 1), (4, 2)]:
+        for (name, p_s), p_t in zip(student.bert.encoder.layer[s - 1].state_dict().items(), teacher.bert.encoder.layer[t - 1].state_dict().values()):
+            assert torch.equal(p_s, p_t), name
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert student.config._attn_implementation == "eager"
+
+
+def test_student_init_is_fixed_by_the_seed_and_embeddings_only_copies_embeddings(teacher):
+    sp = StudentParams(num_layers=2, hidden_size=32, num_heads=4, intermediate_size=64, init="embeddings")
+    a, b = build_student(teacher, sp, [(2, 1), (4, 2)], seed=3), build_student(teacher, sp, [(2, 1), (4, 2)], seed=3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert torch.equal(a.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert not torch.equal(a.bert.encoder.layer[0].attention.self.query.weight, teacher.bert.encoder.layer[1].attention.self.query.weight)
+
+
+def test_copying_needs_equal_width(teacher):
+    sp = StudentParams(num_layers=2, hidden_size=16, num_heads=4, intermediate_size=64, init="embeddings")
+    with pytest.raises(UserError, match="needs hidden_size == 32"):
+        build_student(teacher, sp, [(2, 1), (4, 2)], seed=0)
+    assert build_student(teacher, sp.model_copy(update={"init": "random"}), [], seed=0).config.hidden_size == 16
+
+
+def test_student_attention_dropout_comes_from_params(teacher):
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, attention_dropout=0.0)
+    assert student_config(teacher.config, sp).attention_probs_dropout_prob == 0.0
+
+
+def test_unknown_init_fails_clearly_offline():
+    with pytest.raises(UserError, match="cannot be reached offline"):
+        resolve_init("bert-base-uncased")

@@ -1,0 +1,50 @@
+import pytest
+import yaml
+
+from attnkd.errors import UserError
+from attnkd.params import Params, load_params
+from conftest import REPO
+
+
+def test_repo_params_file_is_valid():
+    params = load_params(REPO / "params.yaml")
+    assert set(params.evaluate.models) == {"teacher", *params.methods}
+
+
+def write(tmp_path, doc) -> str:
+    path = tmp_path / "p.yaml"
+    path.write_text(doc if isinstance(doc, str) else yaml.safe_dump(doc))
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "doc, message",
+    [
+        ({"distill": {"temperture": 2.0}}, "distill.temperture: unknown key"),
+        ({"distill": {"epochs": "3"}}, "distill.epochs: Input should be a valid integer"),
+        ({"distill": {"temperature": 0.0}}, "distill.temperature: Input should be greater than 0"),
+        ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data: val_fraction + test_fraction"),
+        ({"distill": {"layer_map": [[1, 2, 3]]}}, "distill.layer_map: [[1, 2, 3]] is not"),
+        ({"distill": {"student": {"hidden_size": 100}}}, "distill.student: hidden_size 100 is not divisible"),
+        ({"methods": {"nothing": {"ce": 0.0}}}, "methods.nothing: a method needs at least one positive"),
+        ({"methods": {"ce": {"cross_entropy": 1.0}}}, "methods.ce.cross_entropy: unknown key"),
+        ({"evaluate": {"models": ["teacher", "zz"]}}, "evaluate.models names 'zz'"),
+        ({"sede": 1}, "sede: unknown key"),
+        ("a: [1", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, doc, message):
+    with pytest.raises(UserError) as err:
+        load_params(write(tmp_path, doc))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_params_file(tmp_path):
+    with pytest.raises(UserError, match="params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_methods_give_only_positive_weights():
+    p = Params.model_validate({"methods": {"x": {"ce": 0.5, "attn_kl": 1.0}}, "evaluate": {"models": ["teacher", "x"]}})
+    assert p.methods["x"].weights() == {"ce": 0.5, "attn_kl": 1.0}

@@ -1,0 +1,82 @@
+"""The signal store: ragged size, faithful read-back, verification, and store == online losses."""
+
+import numpy as np
+import pytest
+import torch
+
+from attnkd.data import Split, collate
+from attnkd.errors import UserError
+from attnkd.losses import attn_kl_loss, kd_loss
+from attnkd.models import load_classifier
+from attnkd.signals import SignalStore, extract
+
+
+@pytest.fixture
+def split():
+    rng = np.random.default_rng(0)
+    ids = [[101, *rng.integers(2000, 5000, size=n).tolist(), 102] for n in (3, 9, 1, 6, 12, 4, 7)]
+    return Split(ids, np.array([0, 1, 2, 3, 4, 0, 1]))
+
+
+@pytest.fixture
+def store_dir(tmp_path, tiny_model_dir, split):
+    model = load_classifier(tiny_model_dir)
+    out = tmp_path / "signals"
+    out.mkdir()
+    extract(model, split, [1, 2], "float16", 3, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
+    return out
+
+
+def test_store_is_ragged_at_the_fp16_bound(store_dir, split):
+    heads = 4
+    bound = sum(heads * n * n * 2 for n in split.lengths)  # bytes of one layer's maps, no padding
+    data_bytes = (store_dir / "attn_layer1.npy").stat().st_size - 128  # minus the .npy header
+    assert data_bytes == bound
+
+
+def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
+    model = load_classifier(tiny_model_dir).eval()
+    store = SignalStore(store_dir)
+    idx = np.array([4, 0, 2])
+    b = collate(split, idx, 0)
+    with torch.no_grad():
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True)
+    logits_t, maps = store.batch(idx, b["input_ids"].shape[1])
+    assert torch.allclose(logits_t, out.logits, atol=1e-5)
+    mask = b["attention_mask"]
+    for layer in (1, 2):
+        online = out.attentions[layer - 1] * mask[:, None, :, None] * mask[:, None, None, :]
+        assert torch.allclose(maps[layer], online, atol=1e-3)  # fp16 storage
+    # the losses a student sees are the same from the store and online
+    torch.manual_seed(1)
+    s_logits = torch.randn(3, 5)
+    s_attn = torch.softmax(torch.randn(3, 4, b["input_ids"].shape[1], b["input_ids"].shape[1]).masked_fill(~mask[:, None, None, :].bool(), -1e9), -1)
+    assert kd_loss(s_logits, logits_t, 2.0).item() == pytest.approx(kd_loss(s_logits, out.logits, 2.0).item(), abs=1e-4)
+    assert attn_kl_loss(s_attn, maps[2], mask).item() == pytest.approx(attn_kl_loss(s_attn, out.attentions[1], mask).item(), abs=2e-3)
+
+
+def test_truncated_file_is_named(store_dir):
+    path = store_dir / "attn_layer2.npy"
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(UserError, match=r"attn_layer2.npy: .* bytes, manifest says .*truncated"):
+        SignalStore(store_dir)
+
+
+def test_altered_file_is_named(store_dir):
+    path = store_dir / "logits.npy"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match=r"logits.npy: sha256 does not match"):
+        SignalStore(store_dir)
+
+
+def test_store_refuses_layers_inputs_or_teacher_it_does_not_cover(store_dir):
+    store = SignalStore(store_dir)
+    with pytest.raises(UserError, match=r"teacher layers \[3\] are not stored"):
+        store.require([1, 3], "x", "y")
+    with pytest.raises(UserError, match="different prepared data"):
+        store.require([1], "other", "y")
+    with pytest.raises(UserError, match="different teacher"):
+        store.require([1], "x", "other")
+    store.require([1, 2], "x", "y")
