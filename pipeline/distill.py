@@ -89,6 +89,8 @@ def main() -> None:
             atomic_write_json(tmp / "attnkd.json", {"role": "student"} | record)
         write_curve(args.curve, history)
         atomic_write_json(args.metrics, summary)
+        run.log_artifact(args.curve)
+        run.log_artifact(args.out / "attnkd.json")
     print(f"distill {args.method}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} -> {args.out}")
 
 

@@ -52,6 +52,8 @@ def main() -> None:
             atomic_write_json(tmp / "attnkd.json", {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]})
         write_curve(args.curve, history)
         atomic_write_json(args.metrics, summary)
+        run.log_artifact(args.curve)
+        run.log_artifact(args.out / "attnkd.json")
     print(f"teacher: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} -> {args.out}")
 
 

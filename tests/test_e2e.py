@@ -95,7 +95,7 @@ def test_experiment_with_a_changed_knob_is_compared(repo):
     assert temps["t4"] == "4.0" and "2.0" in temps.values()
     params = sh(["dvc", "params", "diff", "HEAD", "t4"], root, env)
     assert "distill.temperature" in params and "4.0" in params
-    assert "accuracy" in sh(["dvc", "metrics", "diff", "HEAD", "t4"], root, env)
+    assert "accuracy" in sh(["dvc", "metrics", "diff", "--all", "HEAD", "t4"], root, env)
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     assert {r.data.tags["dvc.experiment"] for r in runs if r.data.tags["dvc.experiment"]} == {"t4"}

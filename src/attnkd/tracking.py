@@ -26,6 +26,13 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
+def artifact_root(uri: str) -> str | None:
+    """Artifacts of a SQLite store go beside the database file; a server chooses its own."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
 def git_commit(root: Path) -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10)
@@ -73,10 +80,10 @@ def mlflow_run(stage: str, run_name: str, params: dict, seed: int) -> Iterator[R
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri())
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
-        artifacts = None if os.environ.get("MLFLOW_TRACKING_URI") else (repo_root() / "mlartifacts").as_uri()
-        mlflow.create_experiment(EXPERIMENT, artifact_location=artifacts)
+        mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root(uri))
     mlflow.set_experiment(EXPERIMENT)
     with mlflow.start_run(run_name=run_name, tags=run_tags(stage, seed)):
         mlflow.log_params(flatten(params))
