@@ -10,12 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from attnkd import data
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, sha256_file
-from attnkd.losses import ATTENTION_LOSSES, LOSSES, resolve_layer_map
+from attnkd.losses import resolve_layer_map
+from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
 from attnkd.reporting import write_curve
 from attnkd.signals import SignalStore
@@ -24,24 +24,12 @@ from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
 
-def make_step_loss(store: SignalStore, weights: dict[str, float], pairs: list[tuple[int, int]], temperature: float):
-    """The method's objective: sum_i w_i * L_i, returning every unweighted term for logging."""
-    needs_attention = bool(ATTENTION_LOSSES & weights.keys())
+def make_step_loss(store: SignalStore, objective: Objective):
+    """Read the batch's teacher signals from the store and apply the method's objective."""
 
     def step_loss(model, batch, idx: np.ndarray):
-        mask = batch["attention_mask"]  # (B, T)
-        out = model(input_ids=batch["input_ids"], attention_mask=mask, output_attentions=needs_attention)
-        logits_t, maps_t = store.batch(idx, mask.shape[1])  # (B, C), {layer: (B, H, T, T)}
-        terms = {}
-        if "ce" in weights:
-            terms["ce"] = LOSSES["ce"](out.logits, batch["labels"])
-        if "kd" in weights:
-            terms["kd"] = LOSSES["kd"](out.logits, logits_t, temperature)
-        if "attn_kl" in weights:
-            per_pair = [LOSSES["attn_kl"](out.attentions[s - 1], maps_t[t], mask) for t, s in pairs]
-            terms["attn_kl"] = torch.stack(per_pair).mean()
-        total = sum(weights[k] * v for k, v in terms.items())
-        return total, terms
+        logits_t, tensors_t = store.batch(idx, batch["attention_mask"].shape[1])  # (B, C), {(kind, layer): ...}
+        return objective(model, batch, logits_t, tensors_t)
 
     return step_loss
 
@@ -67,19 +55,21 @@ def main() -> None:
     teacher = load_classifier(args.teacher)
     tokenizer = load_tokenizer(args.teacher)
     pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
+    check_compatible(weights, dp, teacher.config.num_attention_heads)
     store = SignalStore(args.signals)
-    store.require([t for t, _ in pairs], meta["splits"]["train"]["inputs_sha256"], sha256_file(weights_file(args.teacher)))
+    wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
+    store.require(wanted, meta["splits"]["train"]["inputs_sha256"], sha256_file(weights_file(args.teacher)))
     if store.manifest["num_examples"] != len(train):
         raise UserError(f"{args.signals / 'manifest.json'}: {store.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
 
     student = build_student(teacher, dp.student, pairs, params.seed)
+    objective = Objective(weights, pairs, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
     del teacher  # only its weights for initialisation were needed; distillation reads the store
     budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, params.seed)
     record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
     with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed) as run:
-        step_loss = make_step_loss(store, weights, pairs, dp.temperature)
-        history = fit(student, train, val, budget, step_loss, tokenizer.pad_token_id, run, f"distill {args.method}")
+        history = fit(student, train, val, budget, make_step_loss(store, objective), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
         best = max(history, key=lambda h: h["val_accuracy"])
         summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
         run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])

@@ -1,7 +1,8 @@
 """Stage extract: run the teacher once over the training split and store its signals.
 
-Stores soft logits and the attention maps of the teacher layers the distil layer map pairs
-with student layers, ragged and in extract.dtype, with a verifying manifest.
+Stores soft logits and, for the teacher layers the distil layer map pairs with student layers,
+exactly the tensors the configured methods' losses read (attention probabilities or scores,
+Q/K/V projections, hidden states), ragged and in extract.dtype, with a verifying manifest.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from attnkd import data, signals
 from attnkd.errors import run_stage
 from attnkd.io import atomic_dir, sha256_file
 from attnkd.losses import resolve_layer_map
+from attnkd.objective import wanted_tensors
 from attnkd.models import load_classifier, load_tokenizer, weights_file
 from attnkd.stage import parser, setup
 
@@ -29,7 +31,8 @@ def main() -> None:
     model = load_classifier(args.teacher)
     pad_id = load_tokenizer(args.teacher).pad_token_id
     pairs = resolve_layer_map(params.distill.layer_map, model.config.num_hidden_layers, params.distill.student.num_layers)
-    layers = sorted({t for t, _ in pairs})
+    # what every configured method's losses read, for the mapped teacher layers only
+    wanted = wanted_tensors([m.weights() for m in params.methods.values()], pairs, params.distill.attn_mse_on)
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
@@ -37,9 +40,9 @@ def main() -> None:
         "max_length": meta["max_length"],
     }
     with atomic_dir(args.out) as tmp:
-        manifest = signals.extract(model, train, layers, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe)
+        manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe)
     size = sum(f["bytes"] for f in manifest["files"].values())
-    print(f"extract: {len(train)} examples, layers {layers}, {size / 2**20:.1f} MiB -> {args.out}")
+    print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}")
 
 
 if __name__ == "__main__":

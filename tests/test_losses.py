@@ -96,3 +96,82 @@ def test_loss_registry_names_every_method_term():
     from attnkd.params import LOSS_NAMES
 
     assert set(LOSS_NAMES) == set(LOSSES)
+
+
+from attnkd.losses import at_map_loss, attn_mse_loss, hidden_mse_loss, qkv_relation_loss, relation_kl_loss, value_relation_loss
+
+
+def test_attn_mse_matches_hand_value_and_ignores_padding():
+    a_s = torch.tensor([[[[0.25, 0.75], [1.0, 0.0]]]])
+    a_t = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]]]])
+    mask = torch.ones(1, 2, dtype=torch.long)
+    expected = (0.25**2 + 0.25**2) / 4  # 4 real (q, k) entries, 1 head
+    assert attn_mse_loss(a_s, a_t, mask).item() == pytest.approx(expected, abs=1e-7)
+    pad = lambda a, v: torch.nn.functional.pad(a, (0, 2, 0, 2), value=v)
+    mask4 = torch.tensor([[1, 1, 0, 0]])
+    assert attn_mse_loss(pad(a_s, 3.0), pad(a_t, -1.0), mask4).item() == pytest.approx(expected, abs=1e-7)
+    assert attn_mse_loss(a_s, a_s.clone(), mask).item() == 0.0
+
+
+def test_relation_kl_matches_hand_value():
+    # one example, 2 tokens, width 2, one relation head: relations softmax(X X^T / sqrt(2))
+    x_t = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])
+    x_s = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    mask = torch.ones(1, 2, dtype=torch.long)
+    r = 1 / math.sqrt(2)
+    p_t = [math.exp(r) / (math.exp(r) + 1), 1 / (math.exp(r) + 1)]  # teacher row 0; row 1 mirrored
+    # student rows are uniform (all dot products equal)
+    kl_row = sum(p * math.log(p / 0.5) for p in p_t)
+    assert relation_kl_loss(x_s, x_t, mask, heads=1).item() == pytest.approx(kl_row, abs=1e-6)
+
+
+def test_relations_allow_different_widths_and_are_zero_on_equal_inputs():
+    torch.manual_seed(0)
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    x_t = torch.randn(2, 4, 12)
+    assert relation_kl_loss(x_t.clone(), x_t, mask, heads=3).item() == pytest.approx(0.0, abs=1e-6)
+    x_s = torch.randn(2, 4, 6)  # narrower student, same number of relation heads
+    assert relation_kl_loss(x_s, x_t, mask, heads=3).item() > 0
+    qkv_t = {k: torch.randn(2, 4, 12) for k in "qkv"}
+    assert qkv_relation_loss({k: v.clone() for k, v in qkv_t.items()}, qkv_t, mask, 4).item() == pytest.approx(0.0, abs=1e-6)
+    assert value_relation_loss(x_s, x_t, mask, 3).item() == pytest.approx(relation_kl_loss(x_s, x_t, mask, 3).item())
+
+
+def test_relation_kl_ignores_padded_tokens():
+    torch.manual_seed(1)
+    mask = torch.tensor([[1, 1, 1, 0, 0]])
+    x_s, x_t = torch.randn(1, 5, 8), torch.randn(1, 5, 8)
+    base = relation_kl_loss(x_s, x_t, mask, 2).item()
+    x_s2, x_t2 = x_s.clone(), x_t.clone()
+    x_s2[:, 3:] = 50.0
+    x_t2[:, 3:] = -7.0
+    assert relation_kl_loss(x_s2, x_t2, mask, 2).item() == pytest.approx(base, abs=1e-6)
+    assert relation_kl_loss(x_s[:, :3], x_t[:, :3], mask[:, :3], 2).item() == pytest.approx(base, abs=1e-6)
+
+
+def test_at_map_matches_hand_value_and_is_width_free():
+    # energies: student [1, 1] -> [r, r]; teacher [4, 0] -> [1, 0], r = 1/sqrt(2)
+    h_s = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # width 3
+    h_t = torch.tensor([[[2.0, 0.0], [0.0, 0.0]]])  # width 2
+    mask = torch.ones(1, 2, dtype=torch.long)
+    r = 1 / math.sqrt(2)
+    expected = (r - 1) ** 2 + r**2
+    assert at_map_loss(h_s, h_t, mask).item() == pytest.approx(expected, abs=1e-6)
+    assert at_map_loss(h_t * 3, h_t, mask).item() == pytest.approx(0.0, abs=1e-7)  # scale-free
+    padded = torch.nn.functional.pad(h_s, (0, 0, 0, 2), value=9.0)
+    assert at_map_loss(padded, torch.nn.functional.pad(h_t, (0, 0, 0, 2)), torch.tensor([[1, 1, 0, 0]])).item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_hidden_mse_matches_hand_value_with_and_without_projection():
+    h_s = torch.tensor([[[1.0, 2.0], [5.0, 5.0]]])
+    h_t = torch.tensor([[[0.0, 2.0], [9.0, 9.0]]])
+    mask = torch.tensor([[1, 0]])  # only the first token is real
+    assert hidden_mse_loss(h_s, h_t, mask).item() == pytest.approx((1.0 + 0.0) / 2)
+    proj = torch.nn.Linear(2, 3, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
+    h_t3 = torch.tensor([[[1.0, 2.0, 0.0], [0.0, 0.0, 0.0]]])
+    assert hidden_mse_loss(h_s, h_t3, mask, proj).item() == pytest.approx(9.0 / 3)  # (3 - 0)^2 over 3 dims
+    loss = hidden_mse_loss(h_s.requires_grad_(), h_t3.requires_grad_(), mask, proj)
+    loss.backward()
+    assert proj.weight.grad is not None and h_t3.grad is None

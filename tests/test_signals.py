@@ -23,15 +23,18 @@ def store_dir(tmp_path, tiny_model_dir, split):
     model = load_classifier(tiny_model_dir)
     out = tmp_path / "signals"
     out.mkdir()
-    extract(model, split, [1, 2], "float16", 3, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
+    wanted = {"attn": [1, 2], "scores": [2], "q": [2], "k": [2], "v": [2], "hidden": [1]}
+    extract(model, split, wanted, "float16", 3, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
     return out
 
 
 def test_store_is_ragged_at_the_fp16_bound(store_dir, split):
-    heads = 4
-    bound = sum(heads * n * n * 2 for n in split.lengths)  # bytes of one layer's maps, no padding
-    data_bytes = (store_dir / "attn_layer1.npy").stat().st_size - 128  # minus the .npy header
-    assert data_bytes == bound
+    heads, width = 4, 32
+    square = sum(heads * n * n * 2 for n in split.lengths)  # bytes of one layer's maps, no padding
+    vector = sum(n * width * 2 for n in split.lengths)
+    assert (store_dir / "attn_layer1.npy").stat().st_size - 128 == square  # minus the .npy header
+    assert (store_dir / "scores_layer2.npy").stat().st_size - 128 == square
+    assert (store_dir / "v_layer2.npy").stat().st_size - 128 == vector
 
 
 def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
@@ -40,13 +43,16 @@ def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
     idx = np.array([4, 0, 2])
     b = collate(split, idx, 0)
     with torch.no_grad():
-        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True)
-    logits_t, maps = store.batch(idx, b["input_ids"].shape[1])
+        out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True, output_hidden_states=True)
+    logits_t, stored = store.batch(idx, b["input_ids"].shape[1])
+    maps = {l: stored[("attn", l)] for l in (1, 2)}
     assert torch.allclose(logits_t, out.logits, atol=1e-5)
     mask = b["attention_mask"]
     for layer in (1, 2):
         online = out.attentions[layer - 1] * mask[:, None, :, None] * mask[:, None, None, :]
         assert torch.allclose(maps[layer], online, atol=1e-3)  # fp16 storage
+    online_h = out.hidden_states[1] * mask[:, :, None]
+    assert torch.allclose(stored[("hidden", 1)], online_h, atol=2e-2 * online_h.abs().max().item())
     # the losses a student sees are the same from the store and online
     torch.manual_seed(1)
     s_logits = torch.randn(3, 5)
@@ -73,10 +79,12 @@ def test_altered_file_is_named(store_dir):
 
 def test_store_refuses_layers_inputs_or_teacher_it_does_not_cover(store_dir):
     store = SignalStore(store_dir)
-    with pytest.raises(UserError, match=r"teacher layers \[3\] are not stored"):
-        store.require([1, 3], "x", "y")
+    with pytest.raises(UserError, match=r"'attn' of teacher layers \[3\] is not stored"):
+        store.require({"attn": [1, 3]}, "x", "y")
+    with pytest.raises(UserError, match=r"'hidden' of teacher layers \[2\] is not stored.*re-run `dvc repro extract`"):
+        store.require({"hidden": [2]}, "x", "y")
     with pytest.raises(UserError, match="different prepared data"):
-        store.require([1], "other", "y")
+        store.require({"attn": [1]}, "other", "y")
     with pytest.raises(UserError, match="different teacher"):
-        store.require([1], "x", "other")
-    store.require([1, 2], "x", "y")
+        store.require({"attn": [1]}, "x", "other")
+    store.require({"attn": [1, 2], "q": [2], "k": [2], "v": [2]}, "x", "y")

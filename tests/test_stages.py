@@ -58,7 +58,7 @@ def test_teacher_saves_a_loadable_hf_dir_with_its_params(work):
 
 def test_extract_writes_the_mapped_layers_with_a_manifest(work):
     manifest = json.loads((work / "signals/manifest.json").read_text())
-    assert manifest["layers"] == [2]  # 1-layer student, 2-layer teacher, uniform map
+    assert manifest["tensors"] == {"attn": [2]}  # 1-layer student, 2-layer teacher, uniform map; only attn_kl
     assert manifest["dtype"] == "float16" and manifest["num_examples"] == 36
     assert set(manifest["files"]) == {"attn_layer2.npy", "logits.npy", "lengths.npy"}
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())

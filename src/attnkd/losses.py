@@ -51,9 +51,118 @@ def attn_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor,
     return per_example.mean()
 
 
+def attn_mse_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """TinyBERT attention-based distillation (Jiao et al. 2020, eq. 3).
+
+    L_attn = mean_b [ 1 / (H * |x_b|^2) * sum_h sum_{q, k real} (A_s[b, h, q, k] - A_t[b, h, q, k])^2 ]
+
+    attn_s, attn_t: (B, H, T, T). TinyBERT applies it to the *unnormalised scores*
+    Q K^T / sqrt(d) (pass scores captured from Q and K, see models.capture), and notes that
+    this converged faster than on probabilities; on probabilities (the default) it is the same
+    formula. Padded query rows and key columns are excluded; each example is averaged over its
+    own |x|^2 real entries, so padding length does not change the value.
+    """
+    pair = (mask[:, :, None] * mask[:, None, :]).float()[:, None]  # (B, 1, T, T)
+    sq = (attn_s.float() - attn_t.detach().float()) ** 2 * pair  # (B, H, T, T)
+    per_example = sq.sum((1, 2, 3)) / (pair.sum((1, 2, 3)) * attn_s.shape[1])  # (B,)
+    return per_example.mean()
+
+
+def split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, D) -> (B, R, T, D / R): the relation-head view of MiniLMv2."""
+    b, t, d = x.shape
+    if d % heads:
+        raise ValueError(f"width {d} is not divisible by {heads} relation heads")
+    return x.view(b, t, heads, d // heads).transpose(1, 2)
+
+
+def relation_kl_loss(x_s: torch.Tensor, x_t: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """KL between self-relations of teacher and student vectors (MiniLM / MiniLMv2).
+
+    R[b, r, q, :] = softmax( X_r[q] X_r^T / sqrt(d_r) ) over real keys, with X split into
+    `heads` relation heads of width d_r = D / heads (each side its own D, so teacher and
+    student may differ in width and head count). Loss: KL(R_t || R_s) per real query row,
+    averaged as in attn_kl_loss. x_s (B, T, D_s), x_t (B, T, D_t).
+    """
+    rel = []
+    for x in (x_s, x_t):
+        xh = split_heads(x.float(), heads)  # (B, R, T, d_r)
+        scores = xh @ xh.transpose(-1, -2) / xh.shape[-1] ** 0.5  # (B, R, T, T)
+        scores = scores.masked_fill(~mask[:, None, None, :].bool(), torch.finfo(scores.dtype).min)
+        rel.append(torch.softmax(scores, dim=-1))
+    return attn_kl_loss(rel[0], rel[1].detach(), mask)
+
+
+def value_relation_loss(v_s: torch.Tensor, v_t: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """MiniLM value-relation transfer (Wang et al. 2020, eq. 6-7).
+
+    L_VR = KL( softmax(V_t V_t^T / sqrt(d_k)) || softmax(V_s V_s^T / sqrt(d_k)) ) per attention
+    head and real query row. MiniLM needs equal head counts; `heads` is that count.
+    v_s (B, T, D_s), v_t (B, T, D_t): the value projections of the mapped layers.
+    """
+    return relation_kl_loss(v_s, v_t, mask, heads)
+
+
+def qkv_relation_loss(qkv_s: dict[str, torch.Tensor], qkv_t: dict[str, torch.Tensor], mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """MiniLMv2 multi-head self-attention relation transfer (Wang et al. 2021, eq. 5-6).
+
+    L = mean over {Q-Q, K-K, V-V} of KL(R_t || R_s), each relation computed with `heads`
+    relation heads (not the models' attention heads), so widths and head counts may differ.
+    MiniLMv2 weighs the three relations equally, as here.
+    """
+    return torch.stack([relation_kl_loss(qkv_s[k], qkv_t[k], mask, heads) for k in ("q", "k", "v")]).mean()
+
+
+def at_map_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis 2017, "Paying More Attention to Attention", activation-based maps.
+
+    a(h)[t] = sum_d h[t, d]^2 over real tokens, then a / ||a||_2 (the paper's F^2_sum).
+    L_AT = mean_b || a(h_s) / ||a(h_s)|| - a(h_t) / ||a(h_t)|| ||_2^2
+
+    The paper writes the p=2 norm of the difference; we use its square, as the official code
+    does (`(at(x) - at(y)).pow(2)`). The official code then takes a *mean* over positions,
+    which divides by the padded length; we sum over real tokens so padding cannot change the
+    value. Widths may differ: the map is a per-token scalar. h_s (B, T, D_s), h_t (B, T, D_t).
+    """
+    m = mask.float()  # (B, T)
+    maps = [F.normalize(h.float().pow(2).sum(-1) * m, dim=-1) for h in (h_s, h_t.detach())]  # (B, T)
+    return ((maps[0] - maps[1]) ** 2).sum(-1).mean()
+
+
+def hidden_mse_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, proj: torch.nn.Module | None = None) -> torch.Tensor:
+    """TinyBERT hidden-state distillation (eq. 2) / FitNets hints (Romero et al. 2015).
+
+    L_hidn = mean over real tokens and teacher dims of (h_s W - h_t)^2, with W a learned
+    (D_s, D_t) projection when widths differ (`proj`; identity when they match).
+    h_s (B, T, D_s), h_t (B, T, D_t).
+    """
+    x = proj(h_s) if proj is not None else h_s
+    m = mask.float()[:, :, None]  # (B, T, 1)
+    return (((x.float() - h_t.detach().float()) ** 2) * m).sum() / (m.sum() * h_t.shape[-1])
+
+
 # name -> function; a method in params.yaml weights these by name
-LOSSES = {"ce": ce_loss, "kd": kd_loss, "attn_kl": attn_kl_loss}
-ATTENTION_LOSSES = frozenset({"attn_kl"})
+LOSSES = {
+    "ce": ce_loss,
+    "kd": kd_loss,
+    "attn_kl": attn_kl_loss,
+    "attn_mse": attn_mse_loss,
+    "value_relation": value_relation_loss,
+    "qkv_relation": qkv_relation_loss,
+    "at_map": at_map_loss,
+    "hidden_mse": hidden_mse_loss,
+}
+# which teacher tensors each loss reads from the signal store (per mapped layer)
+NEEDS = {
+    "ce": (),
+    "kd": (),
+    "attn_kl": ("attn",),
+    "attn_mse": ("attn",),
+    "value_relation": ("v",),
+    "qkv_relation": ("q", "k", "v"),
+    "at_map": ("hidden",),
+    "hidden_mse": ("hidden",),
+}
 
 
 def resolve_layer_map(layer_map: str | list[list[int]], n_teacher: int, n_student: int) -> list[tuple[int, int]]:

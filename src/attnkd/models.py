@@ -13,6 +13,8 @@ Conventions, pinned here and tested in tests/test_models.py:
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -118,3 +120,35 @@ def weights_file(model_dir: Path) -> Path:
     if not path.is_file():
         raise UserError(f"{path}: model weights not found (expected a save_pretrained dir with safetensors)")
     return path
+
+
+@contextlib.contextmanager
+def capture(model: BertForSequenceClassification, layers: list[int]) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
+    """Capture Q, K, V projections (B, T, D) and pre-softmax scores (B, H, T, T) of 1-based layers.
+
+    Forward hooks on the query/key/value linears: nothing is inverted from probabilities, and
+    the captured tensors keep their autograd graph, so student losses on them train the student.
+    Scores are Q K^T / sqrt(d_head) without the padding mask (losses mask padding themselves).
+    """
+    captured: dict[int, dict[str, torch.Tensor]] = {l: {} for l in layers}
+    handles = []
+    heads = model.config.num_attention_heads
+    for l in layers:
+        attn = model.bert.encoder.layer[l - 1].attention.self
+        for kind in ("q", "k", "v"):
+            module = {"q": attn.query, "k": attn.key, "v": attn.value}[kind]
+            handles.append(module.register_forward_hook(lambda _m, _i, out, l=l, kind=kind: captured[l].__setitem__(kind, out)))
+    try:
+        yield captured
+    finally:
+        for h in handles:
+            h.remove()
+    for l in layers:
+        if "q" in captured[l]:
+            q, k = (split_model_heads(captured[l][x], heads) for x in ("q", "k"))  # (B, H, T, d)
+            captured[l]["scores"] = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
+
+
+def split_model_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, t, d = x.shape
+    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, d)

@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from attnkd.errors import UserError
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
-LOSS_NAMES = ("ce", "kd", "attn_kl")  # the loss terms a method may weight (see losses.LOSSES)
+# the loss terms a method may weight (see losses.LOSSES)
+LOSS_NAMES = ("ce", "kd", "attn_kl", "attn_mse", "value_relation", "qkv_relation", "at_map", "hidden_mse")
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -55,7 +56,7 @@ class TeacherParams(Section):
 
 
 class ExtractParams(Section):
-    dtype: Literal["float16", "float32", "bfloat16"] = "float16"
+    dtype: Literal["float16", "float32"] = "float16"
     batch_size: PosInt = 64
 
 
@@ -91,6 +92,11 @@ class DistillParams(Section):
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     temperature: PosFloat = 2.0
+    # attention losses with different head counts: per_head needs equal counts; average
+    # compares head-averaged maps. Relation losses use relation_heads on both sides instead.
+    head_policy: Literal["per_head", "average"] = "per_head"
+    relation_heads: PosInt = 12
+    attn_mse_on: Literal["probs", "scores"] = "probs"  # TinyBERT uses scores
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0
 
@@ -113,6 +119,11 @@ class MethodWeights(Section):
     ce: Annotated[float, Field(ge=0)] = 0.0
     kd: Annotated[float, Field(ge=0)] = 0.0
     attn_kl: Annotated[float, Field(ge=0)] = 0.0
+    attn_mse: Annotated[float, Field(ge=0)] = 0.0
+    value_relation: Annotated[float, Field(ge=0)] = 0.0
+    qkv_relation: Annotated[float, Field(ge=0)] = 0.0
+    at_map: Annotated[float, Field(ge=0)] = 0.0
+    hidden_mse: Annotated[float, Field(ge=0)] = 0.0
 
     @model_validator(mode="after")
     def _some_weight(self) -> MethodWeights:

@@ -1,14 +1,18 @@
-"""The teacher signal store: soft logits and attention maps, extracted once, read many times.
+"""The teacher signal store: soft logits and the tensors the distil losses need, extracted once.
 
 Layout of a store directory:
     manifest.json          what is stored and the sha256 of every file (checked before use)
     logits.npy             (N, C) float32 teacher logits
     lengths.npy            (N,) int32 real-token count of each example
-    attn_layer{l}.npy      flat array: example i's (H, n_i, n_i) map at offset H * sum_{j<i} n_j^2
+    {kind}_layer{l}.npy    flat array of one kind of tensor for teacher layer l (1-based):
+                           square kinds (attn: probabilities, scores: Q K^T / sqrt(d)) store
+                           example i as (H, n_i, n_i) at offset H * sum_{j<i} n_j^2;
+                           vector kinds (q, k, v: projections, hidden: layer output) store
+                           (n_i, D) at offset D * sum_{j<i} n_j.
 
-Maps are ragged (no padding), so bytes grow with sum(n_i^2), not N * max_len^2; they are stored
-in the configured dtype (fp16 by default) and memory-mapped when read, so reading does not load
-the store into memory.
+Tensors are ragged (no padding), so bytes grow with sum(n_i^2) or sum(n_i), not with
+N * max_len; they are stored in the configured dtype (fp16 by default) and memory-mapped when
+read, so reading does not load the store into memory.
 """
 
 from __future__ import annotations
@@ -24,68 +28,88 @@ from attnkd.data import Split, length_batches
 from attnkd.errors import UserError
 from attnkd.io import atomic_write_json, sha256_file
 
-FORMAT = "attnkd-signals/1"
-NP_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": None}
+FORMAT = "attnkd-signals/2"
+SQUARE = ("attn", "scores")
+VECTOR = ("q", "k", "v", "hidden")
+NP_DTYPES = {"float16": np.float16, "float32": np.float32}
 
 
 def _np_dtype(name: str):
-    if name == "bfloat16":
-        raise UserError("extract.dtype: bfloat16 cannot be memory-mapped by numpy yet; use float16 or float32")
     return NP_DTYPES[name]
 
 
-def offsets(lengths: np.ndarray, heads: int) -> np.ndarray:
-    """(N + 1,) start of each example's map in a flat layer file."""
-    sizes = heads * lengths.astype(np.int64) ** 2
+def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarray:
+    """(N + 1,) start of each example's tensor in a flat file of this kind."""
+    n = lengths.astype(np.int64)
+    sizes = heads * n**2 if kind in SQUARE else width * n
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
 @torch.no_grad()
-def extract(model, split: Split, layers: list[int], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict) -> dict:
-    """Run the teacher once over `split` and write the store into `out_dir` (must exist, empty)."""
+def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict) -> dict:
+    """Run the teacher once over `split` and write the store into `out_dir` (exists, empty).
+
+    `wanted` maps a tensor kind to the teacher layers to store it for.
+    """
     from attnkd.data import collate
+    from attnkd.models import capture
 
     model.eval()
     np_dtype = _np_dtype(dtype)
-    heads = model.config.num_attention_heads
+    heads, width = model.config.num_attention_heads, model.config.hidden_size
     lengths = split.lengths
-    starts = offsets(lengths, heads)
+    wanted = {k: sorted(set(v)) for k, v in wanted.items() if v}
+    starts = {k: offsets(lengths, k, heads, width) for k in wanted}
     logits = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
-    maps = {
-        l: np.lib.format.open_memmap(out_dir / f"attn_layer{l}.npy", mode="w+", dtype=np_dtype, shape=(int(starts[-1]),))
+    files = {
+        (k, l): np.lib.format.open_memmap(out_dir / f"{k}_layer{l}.npy", mode="w+", dtype=np_dtype, shape=(int(starts[k][-1]),))
+        for k, layers in wanted.items()
         for l in layers
     }
+    layers_all = sorted({l for layers in wanted.values() for l in layers})
     for idx in tqdm(length_batches(lengths, batch_size), desc="extract", unit="batch"):
         batch = collate(split, idx, pad_id)
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True)
+        with capture(model, layers_all) as cap:
+            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, output_hidden_states=True)
         logits[idx] = out.logits.float().numpy()
-        for l in layers:
-            attn = out.attentions[l - 1].float().numpy()  # (B, H, T, T)
+        for (kind, l), flat in files.items():
+            x = layer_tensor(kind, l, out, cap).float().numpy()  # (B, H, T, T) or (B, T, D)
             for row, i in enumerate(idx):
                 n = lengths[i]
-                maps[l][starts[i] : starts[i + 1]] = attn[row, :, :n, :n].reshape(-1)
-    for m in maps.values():
+                part = x[row, :, :n, :n] if kind in SQUARE else x[row, :n]
+                flat[starts[kind][i] : starts[kind][i + 1]] = part.reshape(-1)
+    for m in files.values():
         m.flush()
-    del maps
+    del files
     np.save(out_dir / "logits.npy", logits)
     np.save(out_dir / "lengths.npy", lengths.astype(np.int32))
-    files = {}
+    listing = {}
     for path in sorted(out_dir.glob("*.npy")):
         arr = np.load(path, mmap_mode="r")
-        files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype)}
+        listing[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype)}
     manifest = {
         "format": FORMAT,
         "num_examples": len(split),
         "num_labels": int(model.config.num_labels),
         "heads": heads,
-        "layers": layers,
-        "kind": "attention_probs",
+        "width": width,
+        "tensors": wanted,
+        "attn_kind": "post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)",
         "dtype": dtype,
-        "files": files,
+        "files": listing,
         **describe,
     }
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
+    """One kind of tensor of a 1-based layer from a forward pass with capture()."""
+    if kind == "attn":
+        return out.attentions[layer - 1]  # (B, H, T, T)
+    if kind == "hidden":
+        return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
+    return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)
 
 
 class SignalStore:
@@ -106,10 +130,10 @@ class SignalStore:
             self._verify()
         self.logits = np.load(self.root / "logits.npy", mmap_mode="r")
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
-        self.heads = int(self.manifest["heads"])
-        self.layers = [int(l) for l in self.manifest["layers"]]
-        self.starts = offsets(self.lengths, self.heads)
-        self.maps = {l: np.load(self.root / f"attn_layer{l}.npy", mmap_mode="r") for l in self.layers}
+        self.heads, self.width = int(self.manifest["heads"]), int(self.manifest["width"])
+        self.tensors = {k: [int(l) for l in v] for k, v in self.manifest["tensors"].items()}
+        self.starts = {k: offsets(self.lengths, k, self.heads, self.width) for k in self.tensors}
+        self.files = {(k, l): np.load(self.root / f"{k}_layer{l}.npy", mmap_mode="r") for k, ls in self.tensors.items() for l in ls}
 
     def _verify(self) -> None:
         for name, info in self.manifest["files"].items():
@@ -121,28 +145,38 @@ class SignalStore:
             if sha256_file(path) != info["sha256"]:
                 raise UserError(f"{path}: sha256 does not match the manifest (altered); re-run `dvc repro extract`")
 
-    def require(self, layers: list[int], inputs_sha256: str, teacher_sha256: str) -> None:
-        """Refuse a store that does not cover these layers or came from other inputs or teacher."""
+    def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
+        """Refuse a store that lacks a tensor the losses need or came from other inputs or teacher."""
         where = self.root / "manifest.json"
-        missing = sorted(set(layers) - set(self.layers))
-        if missing:
-            raise UserError(f"{where}: teacher layers {missing} are not stored (has {self.layers}); re-run `dvc repro extract` with the same distill.layer_map")
+        for kind, layers in wanted.items():
+            missing = sorted(set(layers) - set(self.tensors.get(kind, [])))
+            if missing:
+                raise UserError(
+                    f"{where}: {kind!r} of teacher layers {missing} is not stored (has {self.tensors}); "
+                    "re-run `dvc repro extract` with the same distill and methods params"
+                )
         if self.manifest.get("inputs_sha256") != inputs_sha256:
             raise UserError(f"{where}: extracted from different prepared data; re-run `dvc repro extract`")
         if self.manifest.get("teacher_sha256") != teacher_sha256:
             raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
 
-    def batch(self, idx: np.ndarray, t: int) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
-        """Teacher logits (B, C) and, per stored layer, maps zero-padded to (B, H, t, t)."""
+    def batch(self, idx: np.ndarray, t: int) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+        """Teacher logits (B, C) and, per (kind, layer), zero-padded (B, H, t, t) or (B, t, D)."""
         logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
-        maps = {}
-        for l, flat in self.maps.items():
-            out = np.zeros((len(idx), self.heads, t, t), dtype=np.float32)
+        out = {}
+        for (kind, l), flat in self.files.items():
+            starts = self.starts[kind]
+            shape = (len(idx), self.heads, t, t) if kind in SQUARE else (len(idx), t, self.width)
+            x = np.zeros(shape, dtype=np.float32)
             for row, i in enumerate(idx):
                 n = int(self.lengths[i])
-                out[row, :, :n, :n] = flat[self.starts[i] : self.starts[i + 1]].reshape(self.heads, n, n)
-            maps[l] = torch.from_numpy(out)
-        return logits, maps
+                part = flat[starts[i] : starts[i + 1]]
+                if kind in SQUARE:
+                    x[row, :, :n, :n] = part.reshape(self.heads, n, n)
+                else:
+                    x[row, :n] = part.reshape(n, self.width)
+            out[(kind, l)] = torch.from_numpy(x)
+        return logits, out
 
     def nbytes(self) -> int:
         return sum(info["bytes"] for info in self.manifest["files"].values())

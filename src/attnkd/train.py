@@ -44,7 +44,7 @@ def epoch_orders(train: Split, budget: Budget) -> list[list[np.ndarray]]:
 def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
     """AdamW without decay on biases and LayerNorm weights; linear warm-up then linear decay."""
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=budget.learning_rate)
@@ -52,13 +52,16 @@ def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
     return opt, sched
 
 
-def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str) -> list[dict]:
-    """Train `model` in place, leave it at its best validation epoch; return the per-epoch history."""
+def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str, extra: torch.nn.Module | None = None) -> list[dict]:
+    """Train `model` in place, leave it at its best validation epoch; return the per-epoch history.
+
+    `extra` holds trainable parts of the objective that are not the model (e.g. projections).
+    """
     orders = epoch_orders(train, budget)
     total = sum(len(o) for o in orders)
     if budget.max_steps:
         total = min(total, budget.max_steps)
-    opt, sched = make_optimizer(model, budget, total)
+    opt, sched = make_optimizer(torch.nn.ModuleList([model, extra or torch.nn.Module()]), budget, total)
     history, best, best_state, step = [], -1.0, None, 0
     for epoch, order in enumerate(orders, start=1):
         model.train()
@@ -71,7 +74,7 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
             loss, terms = step_loss(model, collate(train, idx, pad_id), idx)
             check_finite(loss, terms, step)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
