@@ -24,11 +24,11 @@ from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
 
-def make_step_loss(store: SignalStore, objective: Objective):
-    """Read the batch's teacher signals from the store and apply the method's objective."""
+def make_step_loss(store: SignalStore, objective: Objective, wanted: dict[str, list[int]]):
+    """Read the batch's teacher signals the method needs from the store and apply its objective."""
 
     def step_loss(model, batch, idx: np.ndarray):
-        logits_t, tensors_t = store.batch(idx, batch["attention_mask"].shape[1])  # (B, C), {(kind, layer): ...}
+        logits_t, tensors_t = store.batch(idx, batch["attention_mask"].shape[1], wanted)  # (B, C), {(kind, layer): ...}
         return objective(model, batch, logits_t, tensors_t)
 
     return step_loss
@@ -69,7 +69,7 @@ def main() -> None:
     record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
     with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed) as run:
-        history = fit(student, train, val, budget, make_step_loss(store, objective), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
+        history = fit(student, train, val, budget, make_step_loss(store, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
         best = max(history, key=lambda h: h["val_accuracy"])
         summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
         run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])

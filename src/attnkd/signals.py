@@ -160,11 +160,14 @@ class SignalStore:
         if self.manifest.get("teacher_sha256") != teacher_sha256:
             raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
 
-    def batch(self, idx: np.ndarray, t: int) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-        """Teacher logits (B, C) and, per (kind, layer), zero-padded (B, H, t, t) or (B, t, D)."""
+    def batch(self, idx: np.ndarray, t: int, wanted: dict[str, list[int]] | None = None) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+        """Teacher logits (B, C) and, per wanted (kind, layer) (default: all), zero-padded
+        (B, H, t, t) or (B, t, D). Only what is asked for is read from disk."""
         logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
+        keys = self.files if wanted is None else [(k, l) for k, ls in wanted.items() for l in ls]
         out = {}
-        for (kind, l), flat in self.files.items():
+        for kind, l in keys:
+            flat = self.files[(kind, l)]
             starts = self.starts[kind]
             shape = (len(idx), self.heads, t, t) if kind in SQUARE else (len(idx), t, self.width)
             x = np.zeros(shape, dtype=np.float32)

@@ -61,7 +61,8 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
     total = sum(len(o) for o in orders)
     if budget.max_steps:
         total = min(total, budget.max_steps)
-    opt, sched = make_optimizer(torch.nn.ModuleList([model, extra or torch.nn.Module()]), budget, total)
+    trainable = torch.nn.ModuleList([model, extra or torch.nn.Module()])
+    opt, sched = make_optimizer(trainable, budget, total)
     history, best, best_state, step = [], -1.0, None, 0
     for epoch, order in enumerate(orders, start=1):
         model.train()
@@ -74,7 +75,7 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
             loss, terms = step_loss(model, collate(train, idx, pad_id), idx)
             check_finite(loss, terms, step)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
             opt.step()
             sched.step()
             opt.zero_grad(set_to_none=True)
