@@ -175,3 +175,59 @@ def test_hidden_mse_matches_hand_value_with_and_without_projection():
     loss = hidden_mse_loss(h_s.requires_grad_(), h_t3.requires_grad_(), mask, proj)
     loss.backward()
     assert proj.weight.grad is not None and h_t3.grad is None
+
+
+def _inputs(name, pad=0, seed=0, requires_grad=False):
+    """Student and teacher inputs of one loss for 2 examples (lengths 4 and 2), padded by `pad`."""
+    g = torch.Generator().manual_seed(seed)
+    t = 4 + pad
+    mask = torch.zeros(2, t, dtype=torch.long)
+    mask[0, :4], mask[1, :2] = 1, 1
+    keys = ~mask[:, None, None, :].bool()
+    def vec(d):
+        return torch.randn(2, t, d, generator=g) * mask[:, :, None]
+    if name in ("attn_kl", "attn_mse"):
+        s, te = (torch.softmax(torch.randn(2, 3, t, t, generator=g).masked_fill(keys, float("-inf")), -1) for _ in range(2))
+        extra = ()
+    elif name == "qkv_relation":
+        s, te = {k: vec(6) for k in "qkv"}, {k: vec(12) for k in "qkv"}
+        extra = (3,)
+    else:
+        s, te = vec(6), vec(12 if name != "value_relation" else 6)
+        extra = (3,) if name == "value_relation" else ()
+    return s, te, mask, extra
+
+
+def _call(name, s, te, mask, extra):
+    if name == "hidden_mse":
+        torch.manual_seed(0)
+        return LOSSES[name](s, te, mask, torch.nn.Linear(6, 12))
+    return LOSSES[name](s, te, mask, *extra)
+
+
+TOKEN_LOSSES = ["attn_kl", "attn_mse", "value_relation", "qkv_relation", "at_map", "hidden_mse"]
+
+
+@pytest.mark.parametrize("name", TOKEN_LOSSES)
+def test_every_token_loss_is_invariant_to_padding_length(name):
+    def trim(x):  # the same examples, padded by 3 more positions
+        if isinstance(x, dict):
+            return {k: trim(v) for k, v in x.items()}
+        if x.dim() == 4:
+            return torch.nn.functional.pad(x, (0, 3, 0, 3))
+        return torch.nn.functional.pad(x, (0, 0, 0, 3))
+    s, te, mask, extra = _inputs(name)
+    base = _call(name, s, te, mask, extra).item()
+    padded = _call(name, trim(s), trim(te), torch.nn.functional.pad(mask, (0, 3)), extra).item()
+    assert padded == pytest.approx(base, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", TOKEN_LOSSES)
+def test_every_token_loss_sends_gradients_to_the_student_only(name):
+    s, te, mask, extra = _inputs(name, seed=3)
+    leaves = lambda x: list(x.values()) if isinstance(x, dict) else [x]
+    for x in leaves(s) + leaves(te):
+        x.requires_grad_()
+    _call(name, s, te, mask, extra).backward()
+    assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in leaves(s))
+    assert all(x.grad is None for x in leaves(te))
