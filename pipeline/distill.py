@@ -1,7 +1,7 @@
 """Stage distill: train one student with one method's loss weights, from the signal store.
 
-The teacher is never run: soft logits and attention maps come from the store written by
-extract. Every method of the matrix builds the same student from the same seed and sees the
+By default the teacher is never run: its signals come from the store written by extract
+(distill.signals: store); distill.signals: online runs the teacher on every batch instead. Every method of the matrix builds the same student from the same seed and sees the
 same batches in the same order, so methods differ only in their loss weights.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attnkd import data
 from attnkd.errors import UserError, run_stage
@@ -18,17 +19,21 @@ from attnkd.losses import resolve_layer_map
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
 from attnkd.reporting import write_curve
-from attnkd.signals import SignalStore
+from attnkd.signals import SignalStore, online_batch
 from attnkd.stage import parser, setup
 from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
 
-def make_step_loss(store: SignalStore, objective: Objective, wanted: dict[str, list[int]]):
-    """Read the batch's teacher signals the method needs from the store and apply its objective."""
+def make_step_loss(source: SignalStore | torch.nn.Module, objective: Objective, wanted: dict[str, list[int]]):
+    """Get the batch's teacher signals the method needs (from the store, or from the teacher
+    run online) and apply the method's objective."""
 
     def step_loss(model, batch, idx: np.ndarray):
-        logits_t, tensors_t = store.batch(idx, batch["attention_mask"].shape[1], wanted)  # (B, C), {(kind, layer): ...}
+        if isinstance(source, SignalStore):
+            logits_t, tensors_t = source.batch(idx, batch["attention_mask"].shape[1], wanted)  # (B, C), {(kind, layer): ...}
+        else:
+            logits_t, tensors_t = online_batch(source, batch, wanted)
         return objective(model, batch, logits_t, tensors_t)
 
     return step_loss
@@ -56,20 +61,23 @@ def main() -> None:
     tokenizer = load_tokenizer(args.teacher)
     pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
     check_compatible(weights, dp, teacher.config.num_attention_heads)
-    store = SignalStore(args.signals)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
-    store.require(wanted, meta["splits"]["train"]["inputs_sha256"], sha256_file(weights_file(args.teacher)))
-    if store.manifest["num_examples"] != len(train):
-        raise UserError(f"{args.signals / 'manifest.json'}: {store.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
+    if dp.signals == "store":
+        source = SignalStore(args.signals)
+        source.require(wanted, meta["splits"]["train"]["inputs_sha256"], sha256_file(weights_file(args.teacher)))
+        if source.manifest["num_examples"] != len(train):
+            raise UserError(f"{args.signals / 'manifest.json'}: {source.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
+    else:
+        source = teacher.eval()
 
     student = build_student(teacher, dp.student, pairs, params.seed)
     objective = Objective(weights, pairs, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
-    del teacher  # only its weights for initialisation were needed; distillation reads the store
+    del teacher  # in store mode only its weights for initialisation were needed
     budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, params.seed)
     record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
     with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed) as run:
-        history = fit(student, train, val, budget, make_step_loss(store, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
+        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
         best = max(history, key=lambda h: h["val_accuracy"])
         summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
         run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])

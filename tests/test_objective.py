@@ -97,3 +97,22 @@ def test_wanted_tensors_are_exactly_what_the_losses_read():
     }
     assert wanted_tensors([{"attn_mse": 1.0}], [(6, 2)], "scores") == {"scores": [6]}
     assert wanted_tensors([{"at_map": 1.0, "hidden_mse": 1.0}], [(6, 2)], "probs") == {"hidden": [6]}
+
+
+def test_online_mode_gives_the_store_losses_for_a_combined_method(setup):
+    from attnkd.signals import online_batch
+
+    split, teacher, store = setup
+    weights = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0, "qkv_relation": 1.0, "hidden_mse": 1.0}
+    dp = DistillParams(student=StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random"), relation_heads=4)
+    student = build_student(teacher, dp.student, PAIRS, seed=0).eval()
+    objective = Objective(weights, PAIRS, dp, 32, 4)
+    wanted = wanted_tensors([weights], PAIRS, "probs")
+    idx = np.array([0, 1, 2, 3])
+    b = collate(split, idx, 0)
+    s_total, s_terms = objective(student, b, *store.batch(idx, b["input_ids"].shape[1], wanted))
+    o_total, o_terms = objective(student, b, *online_batch(teacher, b, wanted))
+    assert set(s_terms) == set(weights)
+    for k in weights:
+        assert s_terms[k].item() == pytest.approx(o_terms[k].item(), rel=1e-2, abs=1e-3), k
+    assert s_total.item() == pytest.approx(o_total.item(), rel=1e-2)

@@ -74,6 +74,20 @@ def test_distill_saves_students_that_share_init_but_not_result(work):
     assert {"train_ce", "train_kd", "train_attn_kl", "train_loss", "val_accuracy"} <= set(curve.columns)
 
 
+def test_distill_online_mode_trains_like_the_store(work, tmp_path):
+    """Same student, batches and objective; only the teacher's signals come from a live teacher."""
+    doc = yaml.safe_load((work / "params.yaml").read_text())
+    doc["distill"]["signals"] = "online"
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(doc))
+    code = run_script("distill", "--params", params, "--method", "kd_at", "--prepared", work / "prepared", "--teacher", work / "models/teacher",
+                      "--signals", tmp_path / "no-store", "--out", tmp_path / "kd_at", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
+    assert code == 0
+    online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/kd_at.tsv", sep="\t")
+    for col in ("train_ce", "train_kd", "train_attn_kl"):
+        assert online[col].iloc[0] == pytest.approx(stored[col].iloc[0], rel=1e-2), col
+
+
 def test_evaluate_writes_metrics_and_predictions(work):
     m = json.loads((work / "metrics/kd_at.json").read_text())
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "params", "size_mb", "latency_ms"):

@@ -97,6 +97,9 @@ class DistillParams(Section):
     head_policy: Literal["per_head", "average"] = "per_head"
     relation_heads: PosInt = 12
     attn_mse_on: Literal["probs", "scores"] = "probs"  # TinyBERT uses scores
+    # store: read the teacher's signals written by extract (the teacher never runs here);
+    # online: run the teacher on every batch instead (for inputs the store cannot cover).
+    signals: Literal["store", "online"] = "store"
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0
 

@@ -183,3 +183,22 @@ class SignalStore:
 
     def nbytes(self) -> int:
         return sum(info["bytes"] for info in self.manifest["files"].values())
+
+
+@torch.no_grad()
+def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """The same signals as SignalStore.batch, from a teacher run on the batch now (eval mode).
+
+    Padded positions hold whatever the teacher computed there; every loss masks them.
+    """
+    from attnkd.models import capture
+
+    teacher.eval()
+    layers = sorted({l for ls in wanted.values() for l in ls})
+    with capture(teacher, layers if {"q", "k", "v", "scores"} & wanted.keys() else []) as cap:
+        out = teacher(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted,
+        )
+    tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
+    return out.logits.float(), tensors
