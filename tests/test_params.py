@@ -6,9 +6,10 @@ from attnkd.params import Params, load_params
 from conftest import REPO
 
 
-def test_repo_params_file_is_valid():
+def test_repo_params_file_is_valid_and_states_every_default():
     params = load_params(REPO / "params.yaml")
     assert set(params.evaluate.models) == {"teacher", *params.methods}
+    assert params == Params()  # the code's defaults and params.yaml never drift apart
 
 
 def write(tmp_path, doc) -> str:

@@ -29,7 +29,7 @@ class Section(BaseModel):
 
 class DataParams(Section):
     source: Literal["bbc_news"] = "bbc_news"
-    max_length: Annotated[int, Field(ge=8, le=512)] = 128
+    max_length: Annotated[int, Field(ge=8, le=512)] = 64
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
     # BBC News ships one file that is not valid UTF-8 (a Windows-1252 pound sign).
@@ -61,13 +61,13 @@ class ExtractParams(Section):
 
 
 class StudentParams(Section):
-    num_layers: PosInt = 3
+    num_layers: PosInt = 2
     hidden_size: PosInt = 384
     num_heads: PosInt = 12
     intermediate_size: PosInt = 1536
     # teacher: copy embeddings and the mapped teacher layers (needs equal width);
     # embeddings: copy embeddings only; random: nothing copied.
-    init: Literal["teacher", "embeddings", "random"] = "embeddings"
+    init: Literal["teacher", "embeddings", "random"] = "random"
     attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
@@ -86,9 +86,9 @@ class DistillParams(Section):
     # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
     # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
     layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
-    epochs: PosInt = 3
+    epochs: PosInt = 4
     batch_size: PosInt = 16
-    learning_rate: PosFloat = 2.0e-4
+    learning_rate: PosFloat = 6.0e-4
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     temperature: PosFloat = 2.0

@@ -1,0 +1,181 @@
+"""Benchmark of the teacher signal store on SST-2: what extracting once costs and saves.
+
+    python -m attnkd.bench_signals --sst2 ../shared/data/sst2/train.tsv
+
+Prints, for the default teacher (packaged all-MiniLM-L6-v2) and the default student and layer
+map, with the kd_at method (soft labels + attention maps):
+  1. extraction throughput (examples/s) and store size against the ragged fp16 bound;
+  2. time per distillation step from the store against online distillation (the teacher run on
+     every batch), same student, same batches, measured in one run, and their ratio;
+  3. peak resident memory of the real `distill` entry script at two data-set sizes;
+  4. the padded-token fraction with and without length-grouped batches.
+The teacher gets a fresh 2-class head and is not fine-tuned: costs do not depend on its weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import torch
+import yaml
+
+from attnkd import data, signals
+from attnkd.io import atomic_write_json, sha256_file
+from attnkd.losses import resolve_layer_map
+from attnkd.models import build_student, load_classifier, load_tokenizer, resolve_init, weights_file
+from attnkd.objective import Objective, wanted_tensors
+from attnkd.params import load_params
+from attnkd.train import Budget, make_optimizer
+
+METHOD = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def read_sst2(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, dtype={"sentence": str, "label": int})
+
+
+def write_prepared(out: Path, train: pd.DataFrame, val: pd.DataFrame, tokenizer, max_length: int) -> None:
+    """A prepared dir in the layout `prepare` writes, so the real entry scripts can read it."""
+    out.mkdir(parents=True)
+    meta = {"label_names": ["negative", "positive"], "max_length": max_length, "source": "sst2", "splits": {}}
+    for name, part in (("train", train), ("validation", val), ("test", val)):
+        ids = data.tokenize(tokenizer, part["sentence"].tolist(), max_length)
+        frame = pd.DataFrame({"text": part["sentence"].values, "label": part["label"].values, "input_ids": [np.asarray(i, dtype=np.int32) for i in ids]})
+        frame.to_parquet(out / f"{name}.parquet", index=False)
+        meta["splits"][name] = {"examples": len(frame), "inputs_sha256": data.ids_digest(ids)}
+    atomic_write_json(out / "meta.json", meta)
+
+
+def ragged_bound(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, width: int, bytes_per: int = 2) -> int:
+    n = lengths.astype(np.int64)
+    per_layer = {"attn": heads * (n**2).sum(), "scores": heads * (n**2).sum()}
+    return int(sum(len(ls) * per_layer.get(k, width * n.sum()) * bytes_per for k, ls in wanted.items()))
+
+
+def time_steps(student, objective, source, split: data.Split, batches, budget: Budget, wanted) -> float:
+    """Median seconds per optimiser step over `batches` (after 3 warm-up steps)."""
+    opt, _ = make_optimizer(torch.nn.ModuleList([student, objective]), budget, len(batches))
+    student.train()
+    times = []
+    for i, idx in enumerate(batches):
+        t0 = time.perf_counter()
+        batch = data.collate(split, idx, 0)
+        if isinstance(source, signals.SignalStore):
+            logits_t, tensors_t = source.batch(idx, batch["attention_mask"].shape[1], wanted)
+        else:
+            logits_t, tensors_t = signals.online_batch(source, batch, wanted)
+        loss, _ = objective(student, batch, logits_t, tensors_t)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 3:
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def peak_rss_mib(cmd: list[str], env: dict) -> float:
+    """Peak resident memory of a process (sampled every 50 ms), in MiB."""
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ps, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, ps.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(0.05)
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read()[-2000:]}")
+    return peak / 2**20
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sst2", type=Path, default=REPO.parent / "shared/data/sst2/train.tsv")
+    p.add_argument("--sizes", type=int, nargs=2, default=[10_000, 60_000], help="two training-set sizes")
+    p.add_argument("--steps", type=int, default=60, help="timed distillation steps per mode")
+    p.add_argument("--rss-steps", type=int, default=100, help="distill steps in the memory runs")
+    args = p.parse_args()
+
+    params = load_params(REPO / "params.yaml")  # the repo's teacher, student, layer map, max length, batch size
+    dp, max_length = params.distill, params.data.max_length
+    df = read_sst2(args.sst2).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
+    val = df.iloc[-500:]
+    torch.manual_seed(0)
+    init = resolve_init(params.teacher.init)
+    tokenizer = load_tokenizer(init)
+    work = Path(tempfile.mkdtemp(prefix="attnkd-bench-"))
+    teacher = load_classifier(init, num_labels=2, label_names=["negative", "positive"]).eval()
+    teacher.save_pretrained(work / "teacher")
+    tokenizer.save_pretrained(work / "teacher")
+    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
+    wanted = wanted_tensors([METHOD], pairs, dp.attn_mse_on)
+    print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); student {dp.student.num_layers}x{dp.student.hidden_size}; "
+          f"pairs {pairs}; stored {wanted}; max_length {max_length}; torch threads {torch.get_num_threads()}")
+
+    rss = {}
+    for size in args.sizes:
+        root = work / f"n{size}"
+        write_prepared(root / "prepared", df.iloc[:size], val, tokenizer, max_length)
+        train = data.load_split(root / "prepared", "train")
+        (root / "signals").mkdir()
+        t0 = time.perf_counter()
+        manifest = signals.extract(teacher, train, wanted, "float16", params.extract.batch_size, tokenizer.pad_token_id, root / "signals",
+                                   {"inputs_sha256": json.loads((root / "prepared/meta.json").read_text())["splits"]["train"]["inputs_sha256"],
+                                    "teacher_sha256": sha256_file(weights_file(work / "teacher"))})
+        seconds = time.perf_counter() - t0
+        size_bytes = sum(f["bytes"] for f in manifest["files"].values())
+        bound = ragged_bound(train.lengths, wanted, 12, 384)
+        print(f"\n[{size} examples, mean {train.lengths.mean():.1f} tokens]")
+        print(f"  extraction: {seconds:.1f} s, {size / seconds:.0f} examples/s")
+        print(f"  store: {size_bytes / 2**20:.1f} MiB = {size_bytes / size:.0f} B/example; ragged fp16 bound of the stored maps "
+              f"{bound / 2**20:.1f} MiB; store/bound = {size_bytes / bound:.3f} (logits, lengths and .npy headers are the rest)")
+        padded = data.padded_fraction(train.lengths, data.length_batches(train.lengths, dp.batch_size, np.random.default_rng(0)))
+        perm = np.random.default_rng(0).permutation(size)
+        plain = data.padded_fraction(train.lengths, [perm[i : i + dp.batch_size] for i in range(0, size, dp.batch_size)])
+        print(f"  padded tokens: {padded:.3f} with length grouping, {plain:.3f} with random batches (batch {dp.batch_size})")
+
+        doc = params.model_dump() | {"methods": {"kd_at": METHOD}, "evaluate": params.evaluate.model_dump() | {"models": ["teacher", "kd_at"]}}
+        doc["distill"] = doc["distill"] | {"max_steps": args.rss_steps, "epochs": 1}
+        (root / "params.yaml").write_text(yaml.safe_dump(doc))
+        env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TQDM_DISABLE": "1"}
+        cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--method", "kd_at",
+               "--prepared", str(root / "prepared"), "--teacher", str(work / "teacher"), "--signals", str(root / "signals"),
+               "--out", str(root / "student"), "--metrics", str(root / "m.json"), "--curve", str(root / "c.tsv")]
+        rss[size] = peak_rss_mib(cmd, env)
+        print(f"  distill peak RSS ({args.rss_steps} steps, store mode): {rss[size]:.0f} MiB")
+
+    # store vs online: same student init, same batches, one process, first size
+    root = work / f"n{args.sizes[0]}"
+    train = data.load_split(root / "prepared", "train")
+    store = signals.SignalStore(root / "signals")
+    budget = Budget(1, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, 0, dp.eval_batch_size, params.seed)
+    batches = data.length_batches(train.lengths, dp.batch_size, np.random.default_rng(params.seed))[: args.steps + 3]
+    per_step = {}
+    for mode, source in (("store", store), ("online", teacher)):
+        student = build_student(teacher, dp.student, pairs, params.seed)
+        objective = Objective(METHOD, pairs, dp, 384, 12)
+        per_step[mode] = time_steps(student, objective, source, train, batches, budget, wanted)
+    steps_per_epoch = int(np.ceil(args.sizes[0] / dp.batch_size))
+    print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")
+    for mode, sec in per_step.items():
+        print(f"  {mode:6s}: {sec * 1000:.1f} ms/step median -> {sec * steps_per_epoch:.0f} s per epoch")
+    print(f"  online / store time per epoch: {per_step['online'] / per_step['store']:.2f}x")
+    a, b = args.sizes
+    print(f"\n[memory] distill peak RSS {rss[a]:.0f} MiB at {a} vs {rss[b]:.0f} MiB at {b} examples: {100 * (rss[b] / rss[a] - 1):+.1f}%")
+    print(f"(work dir {work})")
+
+
+if __name__ == "__main__":
+    main()
