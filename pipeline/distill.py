@@ -1,8 +1,9 @@
 """Stage distill: train one student with one method's loss weights, from the signal store.
 
 By default the teacher is never run: its signals come from the store written by extract
-(distill.signals: store); distill.signals: online runs the teacher on every batch instead. Every method of the matrix builds the same student from the same seed and sees the
-same batches in the same order, so methods differ only in their loss weights.
+(distill.signals: store); distill.signals: online runs the teacher on every batch instead.
+Every method of the matrix builds the same student from the same seed and sees the same
+batches in the same order, so methods differ only in their loss weights.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import torch
 
 from attnkd import data
 from attnkd.errors import UserError, run_stage
-from attnkd.io import atomic_dir, atomic_write_json, sha256_file
+from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
-from attnkd.reporting import write_curve
-from attnkd.signals import SignalStore, online_batch
-from attnkd.stage import parser, setup
+from attnkd.signals import SignalStore, teacher_batch
+from attnkd.stage import parser, save_trained, setup
 from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
@@ -30,10 +30,7 @@ def make_step_loss(source: SignalStore | torch.nn.Module, objective: Objective, 
     run online) and apply the method's objective."""
 
     def step_loss(model, batch, idx: np.ndarray):
-        if isinstance(source, SignalStore):
-            logits_t, tensors_t = source.batch(idx, batch["attention_mask"].shape[1], wanted)  # (B, C), {(kind, layer): ...}
-        else:
-            logits_t, tensors_t = online_batch(source, batch, wanted)
+        logits_t, tensors_t = teacher_batch(source, idx, batch, wanted)  # (B, C), {(kind, layer): ...}
         return objective(model, batch, logits_t, tensors_t)
 
     return step_loss
@@ -78,18 +75,8 @@ def main() -> None:
 
     with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed) as run:
         history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
-        best = max(history, key=lambda h: h["val_accuracy"])
-        summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
-        run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
-        with atomic_dir(args.out) as tmp:
-            student.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            atomic_write_json(tmp / "attnkd.json", {"role": "student"} | record)
-        write_curve(args.curve, history)
-        atomic_write_json(args.metrics, summary)
-        run.log_artifact(args.curve)
-        run.log_artifact(args.out / "attnkd.json")
-    print(f"distill {args.method}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} -> {args.out}")
+        best = save_trained(run, student, tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
+    print(f"distill {args.method}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
 
 
 if __name__ == "__main__":

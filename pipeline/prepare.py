@@ -41,8 +41,7 @@ def main() -> None:
         for name, part in splits.items():
             full = data.tokenize(tokenizer, part["text"].tolist(), 100_000)
             ids = [seq[: dp.max_length - 1] + [seq[-1]] if len(seq) > dp.max_length else seq for seq in full]
-            part = part.assign(input_ids=[np.asarray(s, dtype=np.int32) for s in ids])[["text", "label", "input_ids"]]
-            part.to_parquet(tmp / f"{name}.parquet", index=False)
+            data.write_split(tmp / f"{name}.parquet", part["text"].tolist(), part["label"].tolist(), ids)
             lengths = np.array([len(s) for s in full])
             meta["splits"][name] = {
                 "examples": len(part),

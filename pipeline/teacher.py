@@ -10,11 +10,9 @@ from pathlib import Path
 
 from attnkd import data
 from attnkd.errors import run_stage
-from attnkd.io import atomic_dir, atomic_write_json
 from attnkd.losses import ce_loss
 from attnkd.models import load_classifier, load_tokenizer, resolve_init
-from attnkd.reporting import write_curve
-from attnkd.stage import parser, setup
+from attnkd.stage import parser, save_trained, setup
 from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
@@ -43,18 +41,9 @@ def main() -> None:
 
     with mlflow_run("teacher", "teacher", {"seed": params.seed, "teacher": tp.model_dump()}, params.seed) as run:
         history = fit(model, train, val, budget, step_loss, tokenizer.pad_token_id, run, "teacher")
-        best = max(history, key=lambda h: h["val_accuracy"])
-        summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
-        run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
-        with atomic_dir(args.out) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            atomic_write_json(tmp / "attnkd.json", {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]})
-        write_curve(args.curve, history)
-        atomic_write_json(args.metrics, summary)
-        run.log_artifact(args.curve)
-        run.log_artifact(args.out / "attnkd.json")
-    print(f"teacher: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['epoch']} -> {args.out}")
+        record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]}
+        best = save_trained(run, model, tokenizer, history, record, args.out, args.metrics, args.curve)
+    print(f"teacher: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
 
 
 if __name__ == "__main__":

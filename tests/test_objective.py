@@ -31,7 +31,7 @@ def test_captured_scores_give_the_models_attention(tiny_model_dir):
     model = load_classifier(tiny_model_dir).eval()
     split = Split([[101, 2000, 2001, 102], [101, 102]], np.array([0, 1]))
     b = collate(split, np.array([0, 1]), 0)
-    with torch.no_grad(), capture(model, [1, 2]) as cap:
+    with torch.no_grad(), capture(model, [1, 2], scores=True) as cap:
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True)
     keys = b["attention_mask"][:, None, None, :].bool()
     for l in (1, 2):
@@ -53,7 +53,7 @@ def test_store_and_online_give_the_same_loss(setup, loss, on):
     idx = np.array([2, 0, 3])
     b = collate(split, idx, 0)
     logits_s, stored = store.batch(idx, b["input_ids"].shape[1])
-    with torch.no_grad(), capture(teacher, [2]) as cap:
+    with torch.no_grad(), capture(teacher, [2], scores=True) as cap:
         out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True, output_hidden_states=True)
     online = {key: layer_tensor(key[0], key[1], out, cap) for key in stored}
     from_store, terms_s = objective(student, b, logits_s, stored)

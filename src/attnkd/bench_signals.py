@@ -52,16 +52,14 @@ def write_prepared(out: Path, train: pd.DataFrame, val: pd.DataFrame, tokenizer,
     meta = {"label_names": ["negative", "positive"], "max_length": max_length, "source": "sst2", "splits": {}}
     for name, part in (("train", train), ("validation", val), ("test", val)):
         ids = data.tokenize(tokenizer, part["sentence"].tolist(), max_length)
-        frame = pd.DataFrame({"text": part["sentence"].values, "label": part["label"].values, "input_ids": [np.asarray(i, dtype=np.int32) for i in ids]})
-        frame.to_parquet(out / f"{name}.parquet", index=False)
-        meta["splits"][name] = {"examples": len(frame), "inputs_sha256": data.ids_digest(ids)}
+        data.write_split(out / f"{name}.parquet", part["sentence"].tolist(), part["label"].tolist(), ids)
+        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(ids)}
     atomic_write_json(out / "meta.json", meta)
 
 
 def ragged_bound(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, width: int, bytes_per: int = 2) -> int:
-    n = lengths.astype(np.int64)
-    per_layer = {"attn": heads * (n**2).sum(), "scores": heads * (n**2).sum()}
-    return int(sum(len(ls) * per_layer.get(k, width * n.sum()) * bytes_per for k, ls in wanted.items()))
+    """Bytes of the stored tensors with no padding and no file overhead."""
+    return int(sum(len(ls) * signals.offsets(lengths, k, heads, width)[-1] * bytes_per for k, ls in wanted.items()))
 
 
 def time_steps(student, objective, source, split: data.Split, batches, budget: Budget, wanted) -> float:
@@ -72,11 +70,7 @@ def time_steps(student, objective, source, split: data.Split, batches, budget: B
     for i, idx in enumerate(batches):
         t0 = time.perf_counter()
         batch = data.collate(split, idx, 0)
-        if isinstance(source, signals.SignalStore):
-            logits_t, tensors_t = source.batch(idx, batch["attention_mask"].shape[1], wanted)
-        else:
-            logits_t, tensors_t = signals.online_batch(source, batch, wanted)
-        loss, _ = objective(student, batch, logits_t, tensors_t)
+        loss, _ = objective(student, batch, *signals.teacher_batch(source, idx, batch, wanted))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -103,6 +103,12 @@ class Split:
         return len(self.input_ids)
 
 
+def write_split(path: Path, texts: list[str], labels: list[int], input_ids: list[list[int]]) -> None:
+    """One prepared split as Parquet: text, label (int64), input_ids (int32 lists); read by load_split."""
+    frame = pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64), "input_ids": [np.asarray(s, dtype=np.int32) for s in input_ids]})
+    frame.to_parquet(path, index=False)
+
+
 def load_split(prepared: Path, split: str) -> Split:
     path = Path(prepared) / f"{split}.parquet"
     if not path.is_file():

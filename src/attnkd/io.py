@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from attnkd.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -67,8 +69,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    from attnkd.errors import UserError
-
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found (did the upstream stage run?)")

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from attnkd.errors import UserError
+from attnkd.losses import split_heads
 from attnkd.params import PACKAGED_MODEL, StudentParams
 
 EAGER = "eager"
@@ -123,8 +124,9 @@ def weights_file(model_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def capture(model: BertForSequenceClassification, layers: list[int]) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
-    """Capture Q, K, V projections (B, T, D) and pre-softmax scores (B, H, T, T) of 1-based layers.
+def capture(model: BertForSequenceClassification, layers: list[int], scores: bool = False) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
+    """Capture Q, K, V projections (B, T, D) of 1-based layers, and with `scores` also their
+    pre-softmax scores (B, H, T, T), computed after the forward pass only when asked for.
 
     Forward hooks on the query/key/value linears: nothing is inverted from probabilities, and
     the captured tensors keep their autograd graph, so student losses on them train the student.
@@ -135,20 +137,16 @@ def capture(model: BertForSequenceClassification, layers: list[int]) -> Iterator
     heads = model.config.num_attention_heads
     for l in layers:
         attn = model.bert.encoder.layer[l - 1].attention.self
-        for kind in ("q", "k", "v"):
-            module = {"q": attn.query, "k": attn.key, "v": attn.value}[kind]
+        for kind, module in (("q", attn.query), ("k", attn.key), ("v", attn.value)):
             handles.append(module.register_forward_hook(lambda _m, _i, out, l=l, kind=kind: captured[l].__setitem__(kind, out)))
     try:
         yield captured
     finally:
         for h in handles:
             h.remove()
+    if not scores:
+        return
     for l in layers:
         if "q" in captured[l]:
-            q, k = (split_model_heads(captured[l][x], heads) for x in ("q", "k"))  # (B, H, T, d)
+            q, k = (split_heads(captured[l][x], heads) for x in ("q", "k"))  # (B, H, T, d)
             captured[l]["scores"] = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
-
-
-def split_model_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
-    b, t, d = x.shape
-    return x.view(b, t, heads, d // heads).transpose(1, 2)  # (B, H, T, d)

@@ -40,9 +40,8 @@ def check_compatible(weights: dict[str, float], dp: DistillParams, teacher_heads
         )
     if heads_differ and "value_relation" in weights:
         raise UserError("methods: value_relation (MiniLM) needs equal head counts; use qkv_relation (MiniLMv2) instead")
-    for width, who in ((dp.student.hidden_size, "student"),):
-        if "qkv_relation" in weights and width % dp.relation_heads:
-            raise UserError(f"distill.relation_heads: {dp.relation_heads} does not divide the {who} width {width}")
+    if "qkv_relation" in weights and dp.student.hidden_size % dp.relation_heads:
+        raise UserError(f"distill.relation_heads: {dp.relation_heads} does not divide the student width {dp.student.hidden_size}")
 
 
 class Objective(torch.nn.Module):
@@ -62,6 +61,7 @@ class Objective(torch.nn.Module):
         needs = {k for loss in weights for k in kinds_for(loss, dp.attn_mse_on)}
         self.needs_attn, self.needs_hidden = "attn" in needs, "hidden" in needs
         self.needs_capture = bool({"q", "k", "v", "scores"} & needs)
+        self.needs_scores = "scores" in needs
 
     def _attn_pair(self, a_s: torch.Tensor, a_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.dp.head_policy == "average":
@@ -71,7 +71,7 @@ class Objective(torch.nn.Module):
     def forward(self, student, batch: dict, logits_t: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         mask = batch["attention_mask"]  # (B, T)
         s_layers = [s for _, s in self.pairs]
-        with capture(student, s_layers if self.needs_capture else []) as cap:
+        with capture(student, s_layers if self.needs_capture else [], scores=self.needs_scores) as cap:
             out = student(
                 input_ids=batch["input_ids"], attention_mask=mask,
                 output_attentions=self.needs_attn, output_hidden_states=self.needs_hidden,

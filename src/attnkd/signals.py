@@ -29,13 +29,8 @@ from attnkd.errors import UserError
 from attnkd.io import atomic_write_json, sha256_file
 
 FORMAT = "attnkd-signals/2"
-SQUARE = ("attn", "scores")
-VECTOR = ("q", "k", "v", "hidden")
+SQUARE = ("attn", "scores")  # (H, n, n) per example; every other kind is (n, D)
 NP_DTYPES = {"float16": np.float16, "float32": np.float32}
-
-
-def _np_dtype(name: str):
-    return NP_DTYPES[name]
 
 
 def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarray:
@@ -52,10 +47,9 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     `wanted` maps a tensor kind to the teacher layers to store it for.
     """
     from attnkd.data import collate
-    from attnkd.models import capture
 
     model.eval()
-    np_dtype = _np_dtype(dtype)
+    np_dtype = NP_DTYPES[dtype]
     heads, width = model.config.num_attention_heads, model.config.hidden_size
     lengths = split.lengths
     wanted = {k: sorted(set(v)) for k, v in wanted.items() if v}
@@ -66,14 +60,11 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
         for k, layers in wanted.items()
         for l in layers
     }
-    layers_all = sorted({l for layers in wanted.values() for l in layers})
     for idx in tqdm(length_batches(lengths, batch_size), desc="extract", unit="batch"):
-        batch = collate(split, idx, pad_id)
-        with capture(model, layers_all) as cap:
-            out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_attentions=True, output_hidden_states=True)
-        logits[idx] = out.logits.float().numpy()
+        batch_logits, tensors = online_batch(model, collate(split, idx, pad_id), wanted)
+        logits[idx] = batch_logits.numpy()
         for (kind, l), flat in files.items():
-            x = layer_tensor(kind, l, out, cap).float().numpy()  # (B, H, T, T) or (B, T, D)
+            x = tensors[(kind, l)].numpy()  # (B, H, T, T) or (B, T, D)
             for row, i in enumerate(idx):
                 n = lengths[i]
                 part = x[row, :, :n, :n] if kind in SQUARE else x[row, :n]
@@ -101,6 +92,11 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     }
     atomic_write_json(out_dir / "manifest.json", manifest)
     return manifest
+
+
+def hooked_layers(wanted: dict[str, list[int]]) -> list[int]:
+    """Layers whose Q/K/V projections must be captured: only those of kinds that need them."""
+    return sorted({l for k, ls in wanted.items() if k in ("q", "k", "v", "scores") for l in ls})
 
 
 def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
@@ -181,8 +177,6 @@ class SignalStore:
             out[(kind, l)] = torch.from_numpy(x)
         return logits, out
 
-    def nbytes(self) -> int:
-        return sum(info["bytes"] for info in self.manifest["files"].values())
 
 
 @torch.no_grad()
@@ -194,11 +188,17 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[to
     from attnkd.models import capture
 
     teacher.eval()
-    layers = sorted({l for ls in wanted.values() for l in ls})
-    with capture(teacher, layers if {"q", "k", "v", "scores"} & wanted.keys() else []) as cap:
+    with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
         out = teacher(
             input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
             output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted,
         )
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
     return out.logits.float(), tensors
+
+
+def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+    """The teacher's signals for one batch: read from a SignalStore, or from a teacher run now."""
+    if isinstance(source, SignalStore):
+        return source.batch(idx, batch["attention_mask"].shape[1], wanted)
+    return online_batch(source, batch, wanted)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from attnkd.io import atomic_dir, atomic_write_json
 from attnkd.params import Params, load_params
+from attnkd.reporting import write_curve
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -29,3 +32,20 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
+    """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
+    and `attnkd.json` with `record`), the curve and the best-epoch metrics; log them to `run`."""
+    best = max(history, key=lambda h: h["val_accuracy"])
+    summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
+    run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / "attnkd.json", record)
+    write_curve(curve, history)
+    atomic_write_json(metrics, summary)
+    run.log_artifact(curve)
+    run.log_artifact(out / "attnkd.json")
+    return summary
