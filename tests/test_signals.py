@@ -88,3 +88,24 @@ def test_store_refuses_layers_inputs_or_teacher_it_does_not_cover(store_dir):
     with pytest.raises(UserError, match="different teacher"):
         store.require({"attn": [1]}, "x", "other")
     store.require({"attn": [1, 2], "q": [2], "k": [2], "v": [2]}, "x", "y")
+
+
+@pytest.mark.parametrize("dtype, rel", [("float32", 1e-6), ("float16", 1e-3), ("bfloat16", 8e-3)])
+def test_every_storage_dtype_reads_back_within_its_precision(tmp_path, tiny_model_dir, split, dtype, rel):
+    model = load_classifier(tiny_model_dir).eval()
+    out = tmp_path / dtype
+    out.mkdir()
+    manifest = extract(model, split, {"attn": [1], "hidden": [2]}, dtype, 4, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
+    assert manifest["dtype"] == dtype
+    idx = np.arange(len(split))
+    b = collate(split, idx, 0)
+    with torch.no_grad():
+        ref = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True, output_hidden_states=True)
+    _, stored = SignalStore(out).batch(idx, b["input_ids"].shape[1])
+    mask = b["attention_mask"]
+    attn = ref.attentions[0] * mask[:, None, :, None] * mask[:, None, None, :]
+    hidden = ref.hidden_states[2] * mask[:, :, None]
+    assert torch.allclose(stored[("attn", 1)], attn, atol=rel, rtol=rel)
+    assert torch.allclose(stored[("hidden", 2)], hidden, atol=rel * hidden.abs().max().item(), rtol=rel)
+    itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
+    assert (out / "attn_layer1.npy").stat().st_size - 128 == itemsize * sum(4 * n * n for n in split.lengths)

@@ -56,7 +56,7 @@ class TeacherParams(Section):
 
 
 class ExtractParams(Section):
-    dtype: Literal["float16", "float32"] = "float16"
+    dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     batch_size: PosInt = 64
 
 

@@ -11,7 +11,8 @@ Layout of a store directory:
                            (n_i, D) at offset D * sum_{j<i} n_j.
 
 Tensors are ragged (no padding), so bytes grow with sum(n_i^2) or sum(n_i), not with
-N * max_len; they are stored in the configured dtype (fp16 by default) and memory-mapped when
+N * max_len; they are stored in the configured dtype (fp16 by default; fp32; or bf16, kept as raw 16-bit
+words since numpy has no bfloat16) and memory-mapped when
 read, so reading does not load the store into memory.
 """
 
@@ -30,7 +31,21 @@ from attnkd.io import atomic_write_json, sha256_file
 
 FORMAT = "attnkd-signals/2"
 SQUARE = ("attn", "scores")  # (H, n, n) per example; every other kind is (n, D)
-NP_DTYPES = {"float16": np.float16, "float32": np.float32}
+NP_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}  # numpy has no bfloat16: raw bits
+
+
+def encode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values in the storage dtype; bfloat16 as its 16 raw bits (round to nearest even)."""
+    if dtype == "bfloat16":
+        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    return x.astype(NP_DTYPES[dtype])
+
+
+def decode(x: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values back to float32 (exact for every storage dtype)."""
+    if dtype == "bfloat16":
+        return (x.astype(np.uint32) << 16).view(np.float32)
+    return x.astype(np.float32)
 
 
 def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarray:
@@ -68,7 +83,7 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
             for row, i in enumerate(idx):
                 n = lengths[i]
                 part = x[row, :, :n, :n] if kind in SQUARE else x[row, :n]
-                flat[starts[kind][i] : starts[kind][i + 1]] = part.reshape(-1)
+                flat[starts[kind][i] : starts[kind][i + 1]] = encode(part.reshape(-1), dtype)
     for m in files.values():
         m.flush()
     del files
@@ -127,6 +142,7 @@ class SignalStore:
         self.logits = np.load(self.root / "logits.npy", mmap_mode="r")
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
         self.heads, self.width = int(self.manifest["heads"]), int(self.manifest["width"])
+        self.dtype = self.manifest["dtype"]
         self.tensors = {k: [int(l) for l in v] for k, v in self.manifest["tensors"].items()}
         self.starts = {k: offsets(self.lengths, k, self.heads, self.width) for k in self.tensors}
         self.files = {(k, l): np.load(self.root / f"{k}_layer{l}.npy", mmap_mode="r") for k, ls in self.tensors.items() for l in ls}
@@ -169,7 +185,7 @@ class SignalStore:
             x = np.zeros(shape, dtype=np.float32)
             for row, i in enumerate(idx):
                 n = int(self.lengths[i])
-                part = flat[starts[i] : starts[i + 1]]
+                part = decode(flat[starts[i] : starts[i + 1]], self.dtype)
                 if kind in SQUARE:
                     x[row, :, :n, :n] = part.reshape(self.heads, n, n)
                 else:
