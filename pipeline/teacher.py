@@ -35,7 +35,7 @@ def main() -> None:
     budget = Budget(tp.epochs, tp.batch_size, tp.learning_rate, tp.weight_decay, tp.warmup_ratio, tp.max_steps, tp.eval_batch_size, params.seed)
 
     def step_loss(model, batch, idx):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
         loss = ce_loss(out.logits, batch["labels"])
         return loss, {"ce": loss}
 

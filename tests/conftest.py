@@ -75,3 +75,25 @@ def run_script(name: str, *args: str) -> int:
         return int(exit_.code or 0)
     finally:
         sys.argv = argv
+
+
+def run_pipeline(root: Path, params: Path) -> None:
+    """Every stage's entry script in order, in-process, for the models in evaluate.models."""
+    doc = yaml.safe_load(params.read_text())
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+    p = ["--params", params]
+    prepared, teacher = root / "prepared", root / "models/teacher"
+    try:
+        assert run_script("prepare", *p, "--out", prepared, "--report", root / "data.json") == 0
+        assert run_script("teacher", *p, "--prepared", prepared, "--out", teacher, "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
+        assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--out", root / "signals") == 0
+        for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
+            assert run_script("distill", *p, "--method", m, "--prepared", prepared, "--teacher", teacher, "--signals", root / "signals",
+                              "--out", root / f"models/{m}", "--metrics", root / f"train/{m}.json", "--curve", root / f"curves/{m}.tsv") == 0
+        for m in doc["evaluate"]["models"]:
+            assert run_script("evaluate", *p, "--model", m, "--model-dir", root / f"models/{m}", "--prepared", prepared,
+                              "--metrics", root / f"metrics/{m}.json", "--predictions", root / f"predictions/{m}.csv") == 0
+        assert run_script("report", *p, "--metrics-dir", root / "metrics", "--prepared", prepared, "--data-report", root / "data.json", "--out", root / "report.md") == 0
+    finally:
+        mp.undo()

@@ -58,7 +58,7 @@ def test_repro_builds_every_artifact(repo):
 def test_report_table_has_teacher_and_four_students(repo):
     root, _, _ = repo
     text = (root / "reports/report.md").read_text()
-    rows = [l.split("|")[1].strip() for l in text.split("## Setup")[0].splitlines() if l.startswith("|") and "---" not in l]
+    rows = [l.split("|")[1].strip() for l in text.split("## Data")[0].splitlines() if l.startswith("|") and "---" not in l]
     assert rows == ["model", "teacher", "ce", "kd", "at", "kd_at"]
     for m in ["teacher", "ce", "kd", "at", "kd_at"]:
         acc = json.loads((root / f"reports/metrics/{m}.json").read_text())["accuracy"]

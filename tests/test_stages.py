@@ -11,7 +11,7 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-from conftest import run_script, tiny_params
+from conftest import run_pipeline, run_script, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -20,18 +20,7 @@ def work(tmp_path_factory, tiny_model_dir) -> Path:
     root = tmp_path_factory.mktemp("stages")
     params = root / "params.yaml"
     params.write_text(yaml.safe_dump(tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, evaluate={"models": ["teacher", "ce", "kd_at"]})))
-    mp = pytest.MonkeyPatch()
-    mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
-    p = ["--params", params]
-    assert run_script("prepare", *p, "--out", root / "prepared") == 0
-    assert run_script("teacher", *p, "--prepared", root / "prepared", "--out", root / "models/teacher", "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
-    assert run_script("extract", *p, "--prepared", root / "prepared", "--teacher", root / "models/teacher", "--out", root / "signals") == 0
-    for method in ("ce", "kd_at"):
-        assert run_script("distill", *p, "--method", method, "--prepared", root / "prepared", "--teacher", root / "models/teacher", "--signals", root / "signals", "--out", root / f"models/{method}", "--metrics", root / f"train/{method}.json", "--curve", root / f"curves/{method}.tsv") == 0
-    for model in ("teacher", "ce", "kd_at"):
-        assert run_script("evaluate", *p, "--model", model, "--model-dir", root / f"models/{model}", "--prepared", root / "prepared", "--metrics", root / f"metrics/{model}.json", "--predictions", root / f"predictions/{model}.csv") == 0
-    assert run_script("report", *p, "--metrics-dir", root / "metrics", "--prepared", root / "prepared", "--out", root / "report.md") == 0
-    mp.undo()
+    run_pipeline(root, params)
     return root
 
 
@@ -128,7 +117,7 @@ def test_bad_params_stop_a_stage_with_one_line_and_no_output(tmp_path, params_fi
     doc = yaml.safe_load(params_file.read_text())
     doc["data"]["max_lenght"] = 64
     params_file.write_text(yaml.safe_dump(doc))
-    assert run_script("prepare", "--params", params_file, "--out", tmp_path / "prepared") == 2
+    assert run_script("prepare", "--params", params_file, "--out", tmp_path / "prepared", "--report", tmp_path / "data.json") == 2
     err = capsys.readouterr().err.strip()
     assert err == f"error: {params_file}: data.max_lenght: unknown key"
     assert not (tmp_path / "prepared").exists()

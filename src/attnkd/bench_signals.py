@@ -51,9 +51,10 @@ def write_prepared(out: Path, train: pd.DataFrame, val: pd.DataFrame, tokenizer,
     out.mkdir(parents=True)
     meta = {"label_names": ["negative", "positive"], "max_length": max_length, "source": "sst2", "splits": {}}
     for name, part in (("train", train), ("validation", val), ("test", val)):
-        ids = data.tokenize(tokenizer, part["sentence"].tolist(), max_length)
-        data.write_split(out / f"{name}.parquet", part["sentence"].tolist(), part["label"].tolist(), ids)
-        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(ids)}
+        texts = part["sentence"].tolist()
+        enc = data.tokenize(tokenizer, texts, None, max_length)
+        data.write_split(out / f"{name}.parquet", texts, [""] * len(texts), part["label"].tolist(), enc)
+        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids)}
     atomic_write_json(out / "meta.json", meta)
 
 

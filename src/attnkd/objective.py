@@ -73,7 +73,7 @@ class Objective(torch.nn.Module):
         s_layers = [s for _, s in self.pairs]
         with capture(student, s_layers if self.needs_capture else [], scores=self.needs_scores) as cap:
             out = student(
-                input_ids=batch["input_ids"], attention_mask=mask,
+                input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch["token_type_ids"],
                 output_attentions=self.needs_attn, output_hidden_states=self.needs_hidden,
             )
         terms: dict[str, torch.Tensor] = {}

@@ -27,20 +27,47 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class SplitNames(Section):
+    """Per split: a file name in data.dir (source files) or a split name (source hub); "" = none."""
+
+    train: str = ""
+    validation: str = ""
+    test: str = ""
+
+
 class DataParams(Section):
-    source: Literal["bbc_news"] = "bbc_news"
+    source: Literal["bbc_news", "files", "hub"] = "bbc_news"
+    dir: str = "data/raw"  # files: the folder of the split files (relative to the repo root); a DVC dependency
+    splits: SplitNames = SplitNames()
+    format: Literal["auto", "tsv", "csv", "jsonl", "parquet"] = "auto"  # auto: from the file extension
+    quoting: Literal["standard", "none"] = "standard"  # none: quote characters are text (GLUE TSVs)
+    hub_name: str = ""  # hub: a `datasets` name, e.g. glue
+    hub_config: str = ""  # hub: its config, e.g. sst2
+    text_column: str = "text"
+    text_pair_column: str = ""  # the second text of a sentence-pair task; "" = single sentences
+    label_column: str = "label"
+    label_names: list[str] = []  # names of integer labels 0..K-1, or the order of string labels
+    drop_eval_overlap: bool = True  # remove training rows whose text also occurs in validation or test
     max_length: Annotated[int, Field(ge=8, le=512)] = 64
     val_fraction: Fraction = 0.1
     test_fraction: Fraction = 0.2
-    # BBC News ships one file that is not valid UTF-8 (a Windows-1252 pound sign).
-    # utf8_or_cp1252: decode as UTF-8, fall back to cp1252 and count it; strict: fail naming the file.
+    # utf8_or_cp1252: decode as UTF-8, fall back to cp1252 per file (BBC) or line, and count it;
+    # strict: fail naming the file and line. (BBC News ships one Windows-1252 file.)
     decode: Literal["utf8_or_cp1252", "strict"] = "utf8_or_cp1252"
-    limit_per_class: Annotated[int, Field(ge=0)] = 0  # 0 = all; >0 keeps the first N per class (tests)
+    limit_per_class: Annotated[int, Field(ge=0)] = 0  # 0 = all; >0 keeps the first N training examples per class
 
     @model_validator(mode="after")
-    def _fractions_leave_train(self) -> DataParams:
+    def _consistent(self) -> DataParams:
         if self.val_fraction + self.test_fraction >= 0.9:
             raise ValueError("val_fraction + test_fraction must stay below 0.9 to leave a training split")
+        if self.source == "files" and not self.splits.train:
+            raise ValueError("source files needs data.splits.train (a file name in data.dir)")
+        if self.source == "hub" and not self.hub_name:
+            raise ValueError("source hub needs data.hub_name (e.g. glue) and usually data.hub_config (e.g. sst2)")
+        if self.source == "hub" and not self.splits.train:
+            raise ValueError("source hub needs data.splits.train (the hub's split name, e.g. train)")
+        if self.text_pair_column and self.text_pair_column == self.text_column:
+            raise ValueError("data.text_pair_column must differ from data.text_column")
         return self
 
 

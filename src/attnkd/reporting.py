@@ -44,7 +44,43 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
     return table
 
 
-def render_report(title: str, rows: list[dict], meta: dict, params, digits: int) -> str:
+def data_table(report: dict) -> pd.DataFrame:
+    """The data report as one row per split: where it came from, what cleaning dropped, balance, lengths."""
+    rows = []
+    for name, s in report["splits"].items():
+        rows.append(
+            {
+                "split": name,
+                "examples": s["examples"],
+                "rows read": s.get("rows_read", "-"),
+                "empty": s.get("dropped_empty_text", "-"),
+                "no label": s.get("dropped_missing_label", "-"),
+                "duplicates": s.get("dropped_duplicates", "-"),
+                "classes": ", ".join(f"{k} {v}" for k, v in s["class_counts"].items()),
+                "tokens p50/p95/max": f"{s['tokens_p50']}/{s['tokens_p95']}/{s['tokens_max']}",
+                "truncated": f"{100 * s['truncated_fraction']:.1f}%",
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def data_section(report: dict) -> list[str]:
+    overlap = report["train_rows_also_in_evaluation"]
+    sources = "; ".join(f"{k}: {v['from']}" for k, v in report["splits"].items())
+    fallback = sum(s.get("decoded_as_cp1252", 0) for s in report["splits"].values())
+    return [
+        "## Data",
+        "",
+        data_table(report).to_markdown(index=False),
+        "",
+        f"Task: {report['task']}; truncated at {report['max_length']} tokens. Sources: {sources}. "
+        f"Training rows also found in an evaluation split: {overlap['count']} ({'removed' if overlap['removed'] else 'kept'}). "
+        + (f"Rows decoded as Windows-1252: {fallback}." if fallback else ""),
+        "",
+    ]
+
+
+def render_report(title: str, rows: list[dict], meta: dict, data_report: dict, params, digits: int) -> str:
     table = comparison_table(rows)
     student = params.distill.student
     splits = ", ".join(f"{k} {v['examples']}" for k, v in meta["splits"].items())
@@ -63,6 +99,7 @@ def render_report(title: str, rows: list[dict], meta: dict, params, digits: int)
         "Latency: median batch-1 CPU forward time on one thread over the same test examples for every model. "
         "Speed-up and accuracy kept are relative to the teacher.",
         "",
+        *data_section(data_report),
         "## Setup",
         "",
         f"- data: {meta['source']}, {len(meta['label_names'])} classes ({', '.join(meta['label_names'])}); "

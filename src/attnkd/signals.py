@@ -206,7 +206,7 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[to
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
         out = teacher(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"],
             output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted,
         )
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}

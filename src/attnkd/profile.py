@@ -1,0 +1,86 @@
+"""Ready-made params for a data set: print, or run, the `dvc exp run` that applies a profile.
+
+    python -m attnkd.profile sst2              # print the command
+    python -m attnkd.profile sst2 --run        # run it (extra args go to dvc exp run)
+    python -m attnkd.profile sst2 --run -- -S data.limit_per_class=2000
+
+A profile is a YAML file in profiles/ with the params sections it changes; every key becomes one
+`-S key=value`, with the value written as YAML so DVC reads it back unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from attnkd.errors import UserError, run_stage
+
+REPO = Path(__file__).resolve().parents[2]
+PROFILES = REPO / "profiles"
+
+
+def load_profile(name: str) -> dict:
+    path = PROFILES / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PROFILES.glob("*.yaml"))
+        raise UserError(f"{path}: no such profile (profiles: {', '.join(known)})")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def flatten(doc: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """Nested dicts to dotted keys; lists and scalars are leaves."""
+    out = []
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            out += flatten(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def merge(base: dict, profile: dict) -> dict:
+    """A params dict with the profile's keys applied (what `dvc exp run -S` does)."""
+    out = dict(base)
+    for key, value in profile.items():
+        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def overrides(profile: dict) -> list[str]:
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}" for key, value in flatten(profile)]
+
+
+def quote(arg: str) -> str:
+    """Shell quoting that stays readable: double quotes around YAML's single-quoted values."""
+    if arg == shlex.quote(arg) or any(c in arg for c in '"$`\\!'):
+        return shlex.quote(arg)
+    return f'"{arg}"'
+
+
+def command(name: str, extra: list[str]) -> list[str]:
+    cmd = ["dvc", "exp", "run", "-n", name]
+    for item in overrides(load_profile(name)):
+        cmd += ["-S", item]
+    return cmd + extra
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("name", help="profile name (a file in profiles/)")
+    p.add_argument("--run", action="store_true", help="run the command instead of printing it")
+    p.add_argument("extra", nargs="*", help="more `dvc exp run` arguments (after --)")
+    args = p.parse_args()
+    cmd = command(args.name, args.extra)
+    if not args.run:
+        print(" ".join(quote(a) for a in cmd))
+        return
+    sys.exit(subprocess.call(cmd, cwd=REPO))
+
+
+if __name__ == "__main__":
+    run_stage(main)
