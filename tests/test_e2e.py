@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import sys
-from pathlib import Path
+import time
 
 import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, tiny_params
-
-
-def sh(cmd: list[str], cwd: Path, env: dict) -> str:
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout + proc.stderr
+from conftest import sh
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory, tiny_model_dir):
-    """A fresh git clone-alike of the project with tiny params, after one `dvc repro`."""
-    root = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir), sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "TQDM_DISABLE": "1"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
-        sh(cmd, root, env)
-    log = sh(["dvc", "repro"], root, env)
-    return root, env, log
+def repo(tiny_repo):
+    return tiny_repo
 
 
 def test_repro_builds_every_artifact(repo):
@@ -82,6 +59,21 @@ def test_second_repro_runs_nothing(repo):
     assert "Data and pipelines are up to date" in log
 
 
+def test_forced_reruns_give_identical_outputs(repo):
+    """No timestamps or run ids in cached outputs, deterministic training on CPU: re-running a
+    stage reproduces its outputs bit for bit, so DVC's run cache and `dvc exp` never redo work."""
+    root, env, _ = repo
+    def outs() -> dict:
+        lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+        return {name: [(o["path"], o["md5"]) for o in stage.get("outs", [])] for name, stage in lock.items()}
+    before = outs()
+    for stage in ("prepare", "teacher", "extract", "distill@kd_at"):
+        assert f"Running stage '{stage}'" in sh(["dvc", "repro", "-f", "-s", stage], root, env)
+    after = outs()
+    assert all(after[s] == before[s] for s in ("prepare", "teacher", "extract", "distill@kd_at"))
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], root, env)
+
+
 def test_experiment_with_a_changed_knob_is_compared(repo):
     root, env, _ = repo
     sh(["git", "add", "-A"], root, env)
@@ -99,3 +91,29 @@ def test_experiment_with_a_changed_knob_is_compared(repo):
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     assert {r.data.tags["dvc.experiment"] for r in runs if r.data.tags["dvc.experiment"]} == {"t4"}
+
+
+def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
+    """Queued runs execute in a copy under .dvc/tmp/exps; their MLflow runs must still land in
+    the repo's mlflow.db, tagged with the experiment name."""
+    root, env, _ = repo
+    sh(["dvc", "exp", "run", "--queue", "-n", "q3", "-S", "distill.temperature=3.0"], root, env)
+    sh(["dvc", "queue", "start"], root, env)
+    deadline = time.time() + 420
+    while time.time() < deadline:
+        status = sh(["dvc", "queue", "status"], root, env)
+        if "q3" in status and ("Success" in status or "Failed" in status):
+            break
+        time.sleep(3)
+    sh(["dvc", "queue", "stop", "--kill"], root, env) if "Running" in status else None
+    assert "Success" in status, status + sh(["dvc", "queue", "logs", "q3"], root, env)
+    assert not list((root / ".dvc/tmp/exps").rglob("mlflow.db"))
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
+    queued = [r for r in runs if r.data.tags["dvc.experiment"] == "q3"]
+    assert sorted(r.info.run_name for r in queued) == ["distill-at", "distill-ce", "distill-kd", "distill-kd_at"]
+    assert {r.data.params["distill.temperature"] for r in queued} == {"3.0"}
+    diff = sh(["dvc", "exp", "diff", "HEAD", "q3"], root, env)
+    assert "distill.temperature" in diff and "accuracy" in diff
+    plots = sh(["dvc", "plots", "diff", "HEAD", "q3", "--json"], root, env)
+    assert "reports/curves/kd.tsv" in plots

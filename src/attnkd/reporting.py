@@ -47,7 +47,8 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
 def data_table(report: dict) -> pd.DataFrame:
     """The data report as one row per split: where it came from, what cleaning dropped, balance, lengths."""
     rows = []
-    for name, s in report["splits"].items():
+    for name in ("train", "validation", "test"):
+        s = report["splits"][name]
         rows.append(
             {
                 "split": name,
@@ -66,7 +67,7 @@ def data_table(report: dict) -> pd.DataFrame:
 
 def data_section(report: dict) -> list[str]:
     overlap = report["train_rows_also_in_evaluation"]
-    sources = "; ".join(f"{k}: {v['from']}" for k, v in report["splits"].items())
+    sources = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in ("train", "validation", "test"))
     fallback = sum(s.get("decoded_as_cp1252", 0) for s in report["splits"].values())
     return [
         "## Data",

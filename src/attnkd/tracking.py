@@ -1,8 +1,9 @@
 """MLflow tracking: one run per training stage, in one store for `dvc repro` and `dvc exp run`.
 
 The store is MLFLOW_TRACKING_URI when set (e.g. a team's `mlflow server`), else a SQLite file
-`mlflow.db` at the repository root (DVC_ROOT, which DVC sets for every stage it runs, or the
-current directory), so runs land in the same place whichever command started them.
+`mlflow.db` at the root of the user's repository, so runs land in the same place whichever
+command started them: `dvc repro`, `dvc exp run`, or a queued or `--temp` experiment, which DVC
+runs in a copy of the repository under `<repo>/.dvc/tmp/exps/`.
 """
 
 from __future__ import annotations
@@ -19,11 +20,21 @@ EXPERIMENT = "attnkd"
 
 
 def repo_root() -> Path:
+    """The repository the stage runs in (DVC_ROOT, which DVC sets for every stage, or the cwd)."""
     return Path(os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
 
 
+def store_root(root: Path) -> Path:
+    """The user's repository: for a DVC experiment copy `<repo>/.dvc/tmp/exps/<...>/...`, `<repo>`."""
+    parts = root.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return root
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{store_root(repo_root()) / 'mlflow.db'}"
 
 
 def artifact_root(uri: str) -> str | None:
