@@ -2,7 +2,7 @@
 
     python -m attnkd.profile sst2              # print the command
     python -m attnkd.profile sst2 --run        # run it (extra args go to dvc exp run)
-    python -m attnkd.profile sst2 --run -- -S data.limit_per_class=2000
+    python -m attnkd.profile sst2 --run -- -S data.limit_per_class=2000   # more dvc exp run args
 
 A profile is a YAML file in profiles/ with the params sections it changes; every key becomes one
 `-S key=value`, with the value written as YAML so DVC reads it back unchanged.
@@ -73,9 +73,10 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", help="profile name (a file in profiles/)")
     p.add_argument("--run", action="store_true", help="run the command instead of printing it")
-    p.add_argument("extra", nargs="*", help="more `dvc exp run` arguments (after --)")
-    args = p.parse_args()
-    cmd = command(args.name, args.extra)
+    argv = sys.argv[1:]
+    cut = argv.index("--") if "--" in argv else len(argv)
+    args = p.parse_args(argv[:cut])  # what follows `--` goes to dvc exp run unchanged
+    cmd = command(args.name, argv[cut + 1 :])
     if not args.run:
         print(" ".join(quote(a) for a in cmd))
         return
