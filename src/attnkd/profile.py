@@ -80,7 +80,10 @@ def main() -> None:
     if not args.run:
         print(" ".join(quote(a) for a in cmd))
         return
-    sys.exit(subprocess.call(cmd, cwd=REPO))
+    try:
+        sys.exit(subprocess.call(cmd, cwd=REPO))
+    except FileNotFoundError:
+        raise UserError("dvc: command not found; activate the project's environment (. .venv/bin/activate)") from None
 
 
 if __name__ == "__main__":
