@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from attnkd import data
+from attnkd.checkpoint import Checkpoints
 from attnkd.errors import UserError, run_stage
 from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
@@ -73,9 +74,14 @@ def main() -> None:
     budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, params.seed)
     record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
-    with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed) as run:
-        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}", extra=objective)
+    inputs = {"prepared": meta["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
+    ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
+    resume = ckpt.load()
+    with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed, resume and resume["run_id"]) as run:
+        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}",
+                      extra=objective, ckpt=ckpt, resume=resume)
         best = save_trained(run, student, tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
+    ckpt.clear()
     print(f"distill {args.method}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
 
 

@@ -1,7 +1,8 @@
 """Stage teacher: fine-tune the pretrained encoder with a classification head.
 
 Keeps the epoch with the best validation accuracy and saves it as a Hugging Face
-save_pretrained dir (safetensors) with its tokenizer and the params that built it.
+save_pretrained dir (safetensors) with its tokenizer and the params that built it. Checkpoints
+every teacher.checkpoint_every steps into <out>.ckpt/; re-running after a crash resumes there.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnkd import data
+from attnkd.checkpoint import Checkpoints
 from attnkd.errors import run_stage
 from attnkd.losses import ce_loss
 from attnkd.models import load_classifier, load_tokenizer, resolve_init
@@ -39,10 +41,13 @@ def main() -> None:
         loss = ce_loss(out.logits, batch["labels"])
         return loss, {"ce": loss}
 
-    with mlflow_run("teacher", "teacher", {"seed": params.seed, "teacher": tp.model_dump()}, params.seed) as run:
-        history = fit(model, train, val, budget, step_loss, tokenizer.pad_token_id, run, "teacher")
-        record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]}
+    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]}
+    ckpt = Checkpoints.beside(args.out, record | {"inputs": meta["splits"]}, tp.checkpoint_every)
+    resume = ckpt.load()
+    with mlflow_run("teacher", "teacher", {"seed": params.seed, "teacher": tp.model_dump()}, params.seed, resume and resume["run_id"]) as run:
+        history = fit(model, train, val, budget, step_loss, tokenizer.pad_token_id, run, "teacher", ckpt=ckpt, resume=resume)
         best = save_trained(run, model, tokenizer, history, record, args.out, args.metrics, args.curve)
+    ckpt.clear()
     print(f"teacher: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
 
 

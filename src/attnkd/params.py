@@ -80,6 +80,7 @@ class TeacherParams(Section):
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0  # 0 = no cap; >0 stops early (tests)
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
 
 
 class ExtractParams(Section):
@@ -129,6 +130,7 @@ class DistillParams(Section):
     signals: Literal["store", "online"] = "store"
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0
+    checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
 
     @field_validator("layer_map", mode="before")
     @classmethod

@@ -75,8 +75,9 @@ def run_tags(stage: str, seed: int) -> dict[str, str]:
 class Run:
     """The slice of the MLflow API the stages use."""
 
-    def __init__(self, mlflow):
+    def __init__(self, mlflow, run_id: str):
         self._mlflow = mlflow
+        self.id = run_id
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
@@ -86,8 +87,9 @@ class Run:
 
 
 @contextlib.contextmanager
-def mlflow_run(stage: str, run_name: str, params: dict, seed: int) -> Iterator[Run]:
-    """Open a run in the configured store with flattened params and provenance tags."""
+def mlflow_run(stage: str, run_name: str, params: dict, seed: int, run_id: str | None = None) -> Iterator[Run]:
+    """Open a run in the configured store with flattened params and provenance tags; with
+    `run_id` (a resumed stage), continue that run when the store has it."""
     logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
 
@@ -96,9 +98,13 @@ def mlflow_run(stage: str, run_name: str, params: dict, seed: int) -> Iterator[R
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=artifact_root(uri))
     mlflow.set_experiment(EXPERIMENT)
-    with mlflow.start_run(run_name=run_name, tags=run_tags(stage, seed)):
+    if run_id and mlflow.MlflowClient().search_runs([mlflow.get_experiment_by_name(EXPERIMENT).experiment_id], f"attributes.run_id = '{run_id}'"):
+        kwargs = {"run_id": run_id}
+    else:
+        kwargs = {"run_name": run_name}
+    with mlflow.start_run(tags=run_tags(stage, seed), **kwargs) as active:
         mlflow.log_params(flatten(params))
-        yield Run(mlflow)
+        yield Run(mlflow, active.info.run_id)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from attnkd.checkpoint import Checkpoints, rng_state, set_rng_state
 from attnkd.data import Split, collate, length_batches, padded_fraction
 from attnkd.errors import UserError
 from attnkd.metrics import classification_metrics, predict
@@ -57,10 +58,14 @@ def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
     return opt, sched
 
 
-def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str, extra: torch.nn.Module | None = None) -> list[dict]:
+def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str,
+        extra: torch.nn.Module | None = None, ckpt: Checkpoints | None = None, resume: dict | None = None) -> list[dict]:
     """Train `model` in place, leave it at its best validation epoch; return the per-epoch history.
 
     `extra` holds trainable parts of the objective that are not the model (e.g. projections).
+    With `ckpt`, the whole training state is saved every `ckpt.every` steps and at each epoch
+    end; `resume` (a state `ckpt.load()` returned) continues from one, with the same result as
+    a run that was never interrupted.
     """
     orders = epoch_orders(train, budget)
     total = sum(len(o) for o in orders)
@@ -69,11 +74,29 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
     trainable = torch.nn.ModuleList([model, extra or torch.nn.Module()])
     opt, sched = make_optimizer(trainable, budget, total)
     history, best, best_state, step = [], -1.0, None, 0
+    sums: dict[str, float] = {}
+    n_steps = 0
+    if resume:
+        trainable.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        sched.load_state_dict(resume["scheduler"])
+        history, best, best_state, step = resume["history"], resume["best"], resume["best_state"], resume["step"]
+        sums, n_steps = resume["epoch_sums"], resume["epoch_steps"]
+        set_rng_state(resume["rng"])
+
+    def save() -> None:
+        ckpt.save({
+            "step": step, "epoch_sums": sums, "epoch_steps": n_steps, "history": history, "best": best, "best_state": best_state,
+            "model": trainable.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(), "run_id": run.id,
+        })
+
+    epoch_start = 0
     for epoch, order in enumerate(orders, start=1):
+        done, epoch_start = max(0, step - epoch_start), epoch_start + len(order)
+        if epoch <= len(history):  # finished and evaluated before the resume
+            continue
         model.train()
-        sums: dict[str, float] = {}
-        n_steps = 0
-        bar = tqdm(order, desc=f"{desc} epoch {epoch}/{budget.epochs}", unit="batch", mininterval=2.0)
+        bar = tqdm(order[done:], desc=f"{desc} epoch {epoch}/{budget.epochs}", unit="batch", mininterval=2.0)
         for idx in bar:
             if step >= total:
                 break
@@ -91,6 +114,8 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
                 sums[k] = sums.get(k, 0.0) + v
             run.log_metrics({f"train/{k}": v for k, v in values.items()} | {"train/lr": sched.get_last_lr()[0]}, step)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
+            if ckpt and ckpt.every and step % ckpt.every == 0:
+                save()
         metrics = classification_metrics(val.labels, predict(model, val, budget.eval_batch_size, pad_id))
         run.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
         row = {"epoch": epoch, "steps": n_steps, "padded_fraction": padded_fraction(train.lengths, order)}
@@ -98,6 +123,9 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
         history.append(row)
         if metrics["accuracy"] > best:
             best, best_state = metrics["accuracy"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        sums, n_steps = {}, 0
+        if ckpt and ckpt.every:
+            save()
         if step >= total:
             break
     model.load_state_dict(best_state)
