@@ -14,7 +14,7 @@ import numpy as np
 
 from attnkd import data, sources
 from attnkd.errors import UserError, run_stage
-from attnkd.io import atomic_dir, atomic_write_json
+from attnkd.io import atomic_dir, atomic_write_json, sha256_file
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.stage import parser, setup
 
@@ -92,7 +92,7 @@ def main() -> None:
             enc = data.tokenize(tokenizer, texts, pairs if pair else None, dp.max_length)
             data.write_split(tmp / f"{name}.parquet", texts, pairs, part["label"].tolist(), enc)
             counts = part["label"].value_counts()
-            meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids)}
+            meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids), "sha256": sha256_file(tmp / f"{name}.parquet")}
             report["splits"].setdefault(name, {"from": f"carved from train (seed {params.seed})"})
             report["splits"][name] |= {
                 "examples": len(part),

@@ -1,12 +1,11 @@
 """Data sources through the real prepare entry script: every file format, the GLUE profiles on
 slices of the real files, sentence pairs through every stage, the data report, the hub's offline
-error, and each bad input (one clear line, exit 2, nothing written)."""
+error. Bad inputs of every stage, `prepare`'s included, are in test_bad_inputs.py."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import numpy as np
@@ -240,111 +239,3 @@ def test_hub_source_in_offline_mode_without_a_cache_is_one_line(tmp_path, tiny_m
     rc, _ = prepare(tmp_path, params_with(tiny_model_dir, HUB))
     err = capsys.readouterr().err.strip()
     assert rc == 2 and err.startswith("error: data.hub_name 'glue': cannot load it from the Hugging Face hub") and "\n" not in err
-
-
-# ---- bad input -------------------------------------------------------------------------------
-
-
-def tsv(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
-
-
-def good_rows(n: int = 20) -> str:
-    return "".join(f"sentence number {i}\t{i % 2}\n" for i in range(n))
-
-
-BASE = {"source": "files", "splits": {"train": "train.tsv", "test": "dev.tsv"}, "text_column": "sentence", "quoting": "none"}
-
-
-def bad_missing_file(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    return {}, r"dev.tsv: file not found"
-
-
-def bad_empty_file(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "")
-    return {}, r"dev.tsv: empty file"
-
-
-def bad_header_only(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "sentence\tlabel\n")
-    return {}, r"dev.tsv: a header but no data rows"
-
-
-def bad_misnamed_column(src):
-    tsv(src / "train.tsv", "sentense\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {}, r"train.tsv: no column 'sentence' \(params data.text_column\); the file has columns \['sentense', 'label'\]"
-
-
-def bad_params_column(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {"text_pair_column": "sentence2"}, r"train.tsv: no column 'sentence2' \(params data.text_pair_column\)"
-
-
-def bad_unknown_label(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(4) + "a new sentence\t7\n")
-    return {}, r"dev.tsv: row 6, column 'label': label '7' does not occur in the training data"
-
-
-def bad_one_class(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + "".join(f"sentence {i}\t1\n" for i in range(20)))
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + "other\t1\n")
-    return {}, r"train.tsv: column 'label' has one class \('1'\)"
-
-
-def bad_utf8(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows())
-    (src / "dev.tsv").write_bytes(b"sentence\tlabel\nfine\t0\ncaf\xe9 au lait\t1\n")
-    return {"decode": "strict"}, r"dev.tsv: line 3: not valid UTF-8 at byte 3"
-
-
-def bad_ragged_row(src):
-    tsv(src / "train.tsv", "sentence\tlabel\n" + good_rows(5) + "one\textra\t1\n" + good_rows(5))
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {}, r"train.tsv: line 7: 3 fields, the header has 2 \(ragged row\)"
-
-
-def bad_parquet_schema(src):
-    pd.DataFrame({"sentence": [f"s {i}" for i in range(20)], "label": [[i % 2] for i in range(20)]}).to_parquet(src / "train.parquet")
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {"splits": {"train": "train.parquet", "test": "dev.tsv"}}, r"train.parquet: column 'label' has type list<element: int64>, expected string or integer"
-
-
-def bad_not_parquet(src):
-    tsv(src / "train.parquet", "sentence\tlabel\n" + good_rows())
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {"splits": {"train": "train.parquet", "test": "dev.tsv"}}, r"train.parquet: not a readable Parquet file"
-
-
-def bad_json_line(src):
-    (src / "train.jsonl").write_text('{"sentence": "a", "label": 0}\n{"sentence": "b", "label": 1\n')
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {"splits": {"train": "train.jsonl", "test": "dev.tsv"}}, r"train.jsonl: line 2: not valid JSON"
-
-
-def bad_unquoted_csv(src):
-    (src / "train.csv").write_text('sentence,label\n"an open quote,0\n')
-    tsv(src / "dev.tsv", "sentence\tlabel\n" + good_rows(6))
-    return {"splits": {"train": "train.csv", "test": "dev.tsv"}, "quoting": "standard"}, r"train.csv: line \d+: .*data.quoting: none"
-
-
-BAD = [bad_missing_file, bad_empty_file, bad_header_only, bad_misnamed_column, bad_params_column, bad_unknown_label,
-       bad_one_class, bad_utf8, bad_ragged_row, bad_parquet_schema, bad_not_parquet, bad_json_line, bad_unquoted_csv]
-
-
-@pytest.mark.parametrize("case", BAD, ids=[c.__name__.removeprefix("bad_") for c in BAD])
-def test_bad_input_stops_prepare_with_one_line_and_no_output(tmp_path, tiny_model_dir, capsys, case):
-    src = tmp_path / "src"
-    src.mkdir()
-    extra, pattern = case(src)
-    rc, prepared = prepare(tmp_path, params_with(tiny_model_dir, BASE | {"dir": str(src)} | extra))
-    err = capsys.readouterr().err.strip()
-    assert rc == 2, err
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    assert re.search(pattern, err), err
-    assert {p.name for p in tmp_path.iterdir()} == {"src", "params.yaml"}  # nothing half-written

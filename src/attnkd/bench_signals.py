@@ -54,7 +54,7 @@ def write_prepared(out: Path, train: pd.DataFrame, val: pd.DataFrame, tokenizer,
         texts = part["sentence"].tolist()
         enc = data.tokenize(tokenizer, texts, None, max_length)
         data.write_split(out / f"{name}.parquet", texts, [""] * len(texts), part["label"].tolist(), enc)
-        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids)}
+        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids), "sha256": sha256_file(out / f"{name}.parquet")}
     atomic_write_json(out / "meta.json", meta)
 
 

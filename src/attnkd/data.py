@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from attnkd.errors import UserError
-from attnkd.io import read_json
+from attnkd.io import read_json, sha256_file
 
 SPLITS = ("train", "validation", "test")
 INTEGER = re.compile(r"^-?\d+$")
@@ -163,9 +163,15 @@ def write_split(path: Path, texts: list[str], pairs: list[str], labels: list[int
 
 
 def load_split(prepared: Path, split: str) -> Split:
+    """A prepared split, checked against the sha256 that meta.json records for it."""
     path = Path(prepared) / f"{split}.parquet"
     if not path.is_file():
         raise UserError(f"{path}: prepared split not found (run `dvc repro prepare`)")
+    expected = load_meta(prepared)["splits"].get(split, {}).get("sha256")
+    if expected is None:
+        raise UserError(f"{Path(prepared) / 'meta.json'}: no sha256 for split {split!r}; re-run `dvc repro prepare`")
+    if sha256_file(path) != expected:
+        raise UserError(f"{path}: sha256 does not match meta.json (truncated or altered); re-run `dvc repro prepare`")
     try:
         df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids"])
     except Exception as err:  # pyarrow raises many types for corrupt files

@@ -21,6 +21,7 @@ import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
 
 from attnkd.errors import UserError
+from attnkd.io import read_json, sha256_file
 from attnkd.losses import split_heads
 from attnkd.params import PACKAGED_MODEL, StudentParams
 
@@ -46,6 +47,19 @@ def resolve_init(init: str) -> Path:
     )
 
 
+def verify_model_dir(model_dir: Path) -> None:
+    """A dir this pipeline wrote lists the sha256 of its files in attnkd.json: check them."""
+    record = Path(model_dir) / "attnkd.json"
+    if not record.is_file():
+        return  # the packaged model, or a user's own save_pretrained dir
+    for name, expected in read_json(record).get("sha256", {}).items():
+        path = Path(model_dir) / name
+        if not path.is_file():
+            raise UserError(f"{path}: listed in attnkd.json but missing; re-run the stage that wrote {model_dir}")
+        if sha256_file(path) != expected:
+            raise UserError(f"{path}: sha256 does not match attnkd.json (truncated or altered); re-run the stage that wrote {model_dir}")
+
+
 def load_tokenizer(model_dir: Path):
     try:
         return AutoTokenizer.from_pretrained(str(model_dir))
@@ -60,6 +74,7 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names:
     if num_labels is not None:
         names = label_names or [str(i) for i in range(num_labels)]
         kwargs |= {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
+    verify_model_dir(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
         if config.model_type != "bert":

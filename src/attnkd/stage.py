@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from attnkd.io import atomic_dir, atomic_write_json
+from attnkd.io import atomic_dir, atomic_write_json, sha256_file
 from attnkd.params import Params, load_params
 from attnkd.reporting import write_curve
 
@@ -36,14 +36,15 @@ def seed_everything(seed: int) -> None:
 
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
     """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
-    and `attnkd.json` with `record`), the curve and the best-epoch metrics; log them to `run`."""
+    and `attnkd.json` with `record` and the sha256 of every file), the curve and the best-epoch metrics; log them to `run`."""
     best = max(history, key=lambda h: h["val_accuracy"])
     summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
     run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "attnkd.json", record)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        atomic_write_json(tmp / "attnkd.json", record | {"sha256": files})
     write_curve(curve, history)
     atomic_write_json(metrics, summary)
     run.log_artifact(curve)
