@@ -68,6 +68,7 @@ def test_killed_twice_and_resumed_equals_uninterrupted(work):
     assert (work / "killed.json").read_text() == (work / "straight.json").read_text()
     assert (work / "killed.tsv").read_text() == (work / "straight.tsv").read_text()
     assert not (work / "killed.ckpt").exists() and not (work / "straight.ckpt").exists()  # no debris
+    print(f"killed after the checkpoints at steps {first} and {second} of 80; final metrics {(work / 'killed.json').read_text()!r}")
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     assert [(r.info.run_name, r.info.status) for r in runs] == [("teacher", "FINISHED")]  # one run, continued
