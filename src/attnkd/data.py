@@ -135,9 +135,9 @@ def ids_digest(input_ids: list[list[int]]) -> str:
 
 @dataclass(frozen=True)
 class Split:
-    input_ids: list[list[int]]
+    input_ids: list  # per example, token ids (a list or an int32 array)
     labels: np.ndarray  # (N,) int64
-    type_ids: list[list[int]] | None = None  # None: all tokens in segment 0
+    type_ids: list | None = None  # per example, segment ids; None: all tokens in segment 0
 
     @property
     def lengths(self) -> np.ndarray:
@@ -176,9 +176,10 @@ def load_split(prepared: Path, split: str) -> Split:
         df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids"])
     except Exception as err:  # pyarrow raises many types for corrupt files
         raise UserError(f"{path}: cannot read prepared split ({type(err).__name__}: {err})") from None
-    ids = [list(map(int, x)) for x in df["input_ids"]]
-    types = [list(map(int, x)) for x in df["token_type_ids"]]
-    return Split(ids, df["label"].to_numpy(dtype=np.int64), types if any(map(any, types)) else None)
+    # int32 arrays (views of the Parquet buffers), not lists of Python ints: 10x less memory
+    ids = [np.asarray(x, dtype=np.int32) for x in df["input_ids"]]
+    types = [np.asarray(x, dtype=np.int32) for x in df["token_type_ids"]]
+    return Split(ids, df["label"].to_numpy(dtype=np.int64), types if any(t.any() for t in types) else None)
 
 
 def load_meta(prepared: Path) -> dict:
@@ -224,8 +225,8 @@ def collate(split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tenso
     types = torch.zeros((len(idx), t), dtype=torch.long)
     for row, i in enumerate(idx):
         seq = split.input_ids[i]
-        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
         mask[row, : len(seq)] = 1
         if split.type_ids is not None:
-            types[row, : len(seq)] = torch.tensor(split.type_ids[i], dtype=torch.long)
+            types[row, : len(seq)] = torch.as_tensor(np.asarray(split.type_ids[i]), dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": torch.from_numpy(split.labels[idx])}
