@@ -225,8 +225,8 @@ def collate(split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tenso
     types = torch.zeros((len(idx), t), dtype=torch.long)
     for row, i in enumerate(idx):
         seq = split.input_ids[i]
-        ids[row, : len(seq)] = torch.as_tensor(np.asarray(seq), dtype=torch.long)
+        ids[row, : len(seq)] = torch.tensor(np.asarray(seq), dtype=torch.long)
         mask[row, : len(seq)] = 1
         if split.type_ids is not None:
-            types[row, : len(seq)] = torch.as_tensor(np.asarray(split.type_ids[i]), dtype=torch.long)
+            types[row, : len(seq)] = torch.tensor(np.asarray(split.type_ids[i]), dtype=torch.long)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types, "labels": torch.from_numpy(split.labels[idx])}
