@@ -60,9 +60,10 @@ def main() -> None:
     pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
     check_compatible(weights, dp, teacher.config.num_attention_heads)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
+    teacher_sha256 = sha256_file(weights_file(args.teacher))
     if dp.signals == "store":
         source = SignalStore(args.signals)
-        source.require(wanted, meta["splits"]["train"]["inputs_sha256"], sha256_file(weights_file(args.teacher)))
+        source.require(wanted, meta["splits"]["train"]["inputs_sha256"], teacher_sha256)
         if source.manifest["num_examples"] != len(train):
             raise UserError(f"{args.signals / 'manifest.json'}: {source.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
     else:
@@ -74,7 +75,7 @@ def main() -> None:
     budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, params.seed)
     record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
-    inputs = {"prepared": meta["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
+    inputs = {"prepared": meta["splits"], "teacher_sha256": teacher_sha256}
     ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
     resume = ckpt.load()
     with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed, resume and resume["run_id"]) as run:

@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from attnkd.errors import UserError, run_stage
+from attnkd.tracking import flatten
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = REPO / "profiles"
@@ -32,17 +33,6 @@ def load_profile(name: str) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def flatten(doc: dict, prefix: str = "") -> list[tuple[str, object]]:
-    """Nested dicts to dotted keys; lists and scalars are leaves."""
-    out = []
-    for key, value in doc.items():
-        if isinstance(value, dict):
-            out += flatten(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
 def merge(base: dict, profile: dict) -> dict:
     """A params dict with the profile's keys applied (what `dvc exp run -S` does)."""
     out = dict(base)
@@ -52,7 +42,7 @@ def merge(base: dict, profile: dict) -> dict:
 
 
 def overrides(profile: dict) -> list[str]:
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}" for key, value in flatten(profile)]
+    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}" for key, value in flatten(profile).items()]
 
 
 def quote(arg: str) -> str:

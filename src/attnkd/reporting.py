@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnkd.data import SPLITS
 from attnkd.io import atomic_write_text
 
 
@@ -47,7 +48,7 @@ def comparison_table(rows: list[dict]) -> pd.DataFrame:
 def data_table(report: dict) -> pd.DataFrame:
     """The data report as one row per split: where it came from, what cleaning dropped, balance, lengths."""
     rows = []
-    for name in ("train", "validation", "test"):
+    for name in SPLITS:
         s = report["splits"][name]
         rows.append(
             {
@@ -67,7 +68,7 @@ def data_table(report: dict) -> pd.DataFrame:
 
 def data_section(report: dict) -> list[str]:
     overlap = report["train_rows_also_in_evaluation"]
-    sources = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in ("train", "validation", "test"))
+    sources = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in SPLITS)
     fallback = sum(s.get("decoded_as_cp1252", 0) for s in report["splits"].values())
     return [
         "## Data",

@@ -91,10 +91,10 @@ def file_format(path: Path, fmt: str) -> str:
     return FORMATS[path.suffix.lower()]
 
 
-def check_columns(path: Path, present: list[str], cols: Columns) -> None:
+def check_columns(where: Path | str, present: list[str], cols: Columns) -> None:
     for key, name in cols.wanted():
         if name not in present:
-            raise UserError(f"{path}: no column {name!r} (params {key}); the file has columns {present}")
+            raise UserError(f"{where}: no column {name!r} (params {key}); the file has columns {present}")
 
 
 def as_frame(records: list[tuple[int, dict]], cols: Columns) -> pd.DataFrame:
@@ -170,10 +170,9 @@ def read_parquet(path: Path, cols: Columns) -> RawSplit:
     check_columns(path, schema.names, cols)
     for key, name in cols.wanted():
         kind = schema.field(name).type
-        ok = pa.types.is_integer(kind) if key == "data.label_column" else False
-        ok = ok or pa.types.is_string(kind) or pa.types.is_large_string(kind)
-        if not ok:
-            expected = "string or integer" if key == "data.label_column" else "string"
+        is_label = key == "data.label_column"
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or (is_label and pa.types.is_integer(kind))):
+            expected = "string or integer" if is_label else "string"
             raise UserError(f"{path}: column {name!r} has type {kind}, expected {expected} (wrong schema for params {key})")
     table = pq.read_table(path, columns=[c for _, c in cols.wanted()])
     records = list(enumerate(table.to_pylist(), start=1))
@@ -260,7 +259,7 @@ def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> d
         if hub_split not in loaded:
             raise UserError(f"{where}: no such split (data.splits.{split}); the data set has {sorted(loaded)}")
         ds = loaded[hub_split]
-        check_columns(Path(where), list(ds.column_names), cols)
+        check_columns(where, list(ds.column_names), cols)
         feature = ds.features[cols.label]
         records = list(enumerate(ds.select_columns([c for _, c in cols.wanted()]).to_list(), start=1))
         for _, r in records:  # GLUE marks hidden test labels as -1: a missing label

@@ -103,16 +103,17 @@ def mlflow_run(stage: str, run_name: str, params: dict, seed: int, run_id: str |
     else:
         kwargs = {"run_name": run_name}
     with mlflow.start_run(tags=run_tags(stage, seed), **kwargs) as active:
-        mlflow.log_params(flatten(params))
+        mlflow.log_params({k: str(v) for k, v in flatten(params).items()})
         yield Run(mlflow, active.info.run_id)
 
 
-def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """Nested dicts to dotted keys (`distill.student.num_layers`); lists and scalars are leaves."""
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             out |= flatten(value, f"{name}.")
         else:
-            out[name] = str(value)
+            out[name] = value
     return out
