@@ -2,8 +2,8 @@
 
 By default the teacher is never run: its signals come from the store written by extract
 (distill.signals: store); distill.signals: online runs the teacher on every batch instead.
-Every method of the matrix builds the same student from the same seed and sees the same
-batches in the same order, so methods differ only in their loss weights.
+The matrix is methods x student_seeds. For one seed, every method builds the same student and
+sees the same batches in the same order, so methods differ only in their loss weights.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from attnkd.losses import resolve_layer_map
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
 from attnkd.signals import SignalStore, teacher_batch
-from attnkd.stage import parser, save_trained, setup
+from attnkd.stage import parser, save_trained, seed_everything, setup, student_name
 from attnkd.tracking import mlflow_run
 from attnkd.train import Budget, fit
 
@@ -40,6 +40,7 @@ def make_step_loss(source: SignalStore | torch.nn.Module, objective: Objective, 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--method", required=True, help="a key of `methods` in params")
+    p.add_argument("--seed", type=int, required=True, help="student seed (initialisation and data order), one of student_seeds")
     p.add_argument("--prepared", type=Path, required=True)
     p.add_argument("--teacher", type=Path, required=True, help="teacher model dir (config, tokenizer, init weights)")
     p.add_argument("--signals", type=Path, required=True, help="signal store dir")
@@ -51,7 +52,11 @@ def main() -> None:
     dp = params.distill
     if args.method not in params.methods:
         raise UserError(f"{args.params}: methods.{args.method}: no such method (have {', '.join(params.methods)})")
+    if args.seed not in params.student_seeds:
+        raise UserError(f"{args.params}: student_seeds: {args.seed} is not listed (have {params.student_seeds})")
+    seed_everything(args.seed)
     weights = params.methods[args.method].weights()
+    name = student_name(args.method, args.seed)
 
     meta = data.load_meta(args.prepared)
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
@@ -69,21 +74,21 @@ def main() -> None:
     else:
         source = teacher.eval()
 
-    student = build_student(teacher, dp.student, pairs, params.seed)
+    student = build_student(teacher, dp.student, pairs, args.seed)
     objective = Objective(weights, pairs, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
     del teacher  # in store mode only its weights for initialisation were needed
-    budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, params.seed)
-    record = {"seed": params.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
+    budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, args.seed)
+    record = {"seed": args.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
 
     inputs = {"prepared": meta["splits"], "teacher_sha256": teacher_sha256}
     ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
     resume = ckpt.load()
-    with mlflow_run(f"distill@{args.method}", f"distill-{args.method}", record, params.seed, resume and resume["run_id"]) as run:
-        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {args.method}",
+    with mlflow_run(f"distill@{args.method}-{args.seed}", f"distill-{name}", record, args.seed, resume and resume["run_id"]) as run:
+        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {name}",
                       extra=objective, ckpt=ckpt, resume=resume)
         best = save_trained(run, student, tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
     ckpt.clear()
-    print(f"distill {args.method}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
+    print(f"distill {name}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
-"""Stage evaluate: quality and efficiency of one model on the test split.
+"""Stage evaluate: quality, efficiency and attention agreement of the teacher and every student.
 
-Writes DVC metrics (accuracy, macro P/R/F1, ROC-AUC, parameters, size, batch-1 CPU latency)
-and per-example predictions for the confusion-matrix plot.
+All models are measured in this one process on the same test examples: efficiency on one thread
+with the repeats round-robin over the models, so their latencies and throughputs compare fairly.
+Writes one DVC metrics file per model (reports/metrics/<model>.json) and its per-example
+predictions with class probabilities (reports/predictions/<model>.csv: the confusion plot, and
+the paired tests of the report).
 """
 
 from __future__ import annotations
@@ -13,50 +16,85 @@ import pandas as pd
 import torch
 
 from attnkd import data
-from attnkd.errors import run_stage
-from attnkd.io import atomic_write_json, atomic_write_text
-from attnkd.metrics import classification_metrics, confusion, latency_ms, predict
+from attnkd.errors import UserError, run_stage
+from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from attnkd.metrics import attention_agreement, calibration_error, classification_metrics, confusion, efficiency, per_class, predict
 from attnkd.models import count_parameters, load_classifier, load_tokenizer, weights_file
-from attnkd.stage import parser, setup
+from attnkd.stage import parser, setup, student_name
+
+
+def quality(labels: np.ndarray, probs: np.ndarray, names: list[str], bins: int) -> dict:
+    pred = probs.argmax(1)
+    scores = {k: round(float(v), 6) for k, v in classification_metrics(labels, probs).items()}
+    return scores | {
+        "ece": round(calibration_error(labels, probs, bins), 6),
+        "per_class": per_class(labels, pred, names),
+        "confusion": {"labels": names, "matrix": confusion(labels, pred, len(names))},
+    }
+
+
+def predictions_csv(labels: np.ndarray, probs: np.ndarray, names: list[str]) -> str:
+    frame = pd.DataFrame({"actual": np.array(names)[labels], "predicted": np.array(names)[probs.argmax(1)]})
+    for i, n in enumerate(names):
+        frame[f"p_{n}"] = probs[:, i].round(6)
+    return frame.to_csv(index=False)
 
 
 def main() -> None:
     p = parser(__doc__)
-    p.add_argument("--model", required=True, help="model name (teacher or a method)")
-    p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--metrics", type=Path, required=True, help="metrics JSON")
-    p.add_argument("--predictions", type=Path, required=True, help="predictions CSV (confusion plot)")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
+    p.add_argument("--students", type=Path, required=True, help="dir of the student model dirs (<method>-s<seed>)")
+    p.add_argument("--metrics-dir", type=Path, required=True, help="one metrics JSON per model")
+    p.add_argument("--predictions-dir", type=Path, required=True, help="one predictions CSV per model")
     args = p.parse_args()
     params = setup(args.params)
     ep = params.evaluate
 
     meta = data.load_meta(args.prepared)
-    test = data.load_split(args.prepared, "test")
-    model = load_classifier(args.model_dir)
-    pad_id = load_tokenizer(args.model_dir).pad_token_id
-    probs = predict(model, test, ep.batch_size, pad_id)
     names = meta["label_names"]
-    pred = probs.argmax(1)
-    metrics = classification_metrics(test.labels, probs)
-    # Latency on one thread: comparable across models and machines, not hostage to core count.
+    test = data.load_split(args.prepared, "test")
+    dirs = {"teacher": args.teacher}
+    for method in [m for m in ep.models if m != "teacher"]:
+        for seed in params.student_seeds:
+            dirs[student_name(method, seed)] = args.students / student_name(method, seed)
+    for name, d in dirs.items():
+        if not d.is_dir():
+            raise UserError(f"{d}: no such model dir; evaluate.models and student_seeds name {name} (train it with `dvc repro`)")
+    models = {name: load_classifier(d) for name, d in dirs.items()}
+    pad_id = load_tokenizer(args.teacher).pad_token_id
+
+    results, predictions = {}, {}
+    for name, model in models.items():
+        probs = predict(model, test, ep.batch_size, pad_id)  # (N, C)
+        record = read_json(dirs[name] / "attnkd.json") if (dirs[name] / "attnkd.json").is_file() else {}
+        results[name] = {"model": name, "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
+                         **quality(test.labels, probs, names, ep.calibration_bins),
+                         "params": count_parameters(model), "size_mb": round(weights_file(dirs[name]).stat().st_size / 1e6, 3),
+                         "test_examples": len(test)}
+        predictions[name] = predictions_csv(test.labels, probs, names)
+        print(f"evaluate {name}: accuracy {results[name]['accuracy']:.4f}")
+
+    students = {n: (m, [tuple(p) for p in read_json(dirs[n] / "attnkd.json")["layer_pairs"]]) for n, m in models.items() if n != "teacher"}
+    for name, layers in attention_agreement(models["teacher"], students, test, ep.batch_size, pad_id).items():
+        results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
+
+    # One thread: comparable across models and machines, not hostage to the core count.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    latency = latency_ms(model, test, ep.latency_examples, ep.latency_repeats, pad_id)
+    timing = efficiency(models, test, pad_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
     torch.set_num_threads(threads)
-    result = {
-        "model": args.model,
-        **{k: round(float(v), 6) for k, v in metrics.items()},
-        "params": count_parameters(model),
-        "size_mb": round(weights_file(args.model_dir).stat().st_size / 1e6, 3),
-        "latency_ms": round(latency, 3),
-        "test_examples": len(test),
-        "confusion": {"labels": names, "matrix": confusion(test.labels, pred, len(names))},
-    }
-    atomic_write_json(args.metrics, result)
-    frame = pd.DataFrame({"actual": np.array(names)[test.labels], "predicted": np.array(names)[pred]})
-    atomic_write_text(args.predictions, frame.to_csv(index=False))
-    print(f"evaluate {args.model}: accuracy {metrics['accuracy']:.4f}, latency {latency:.2f} ms -> {args.metrics}")
+    for name, t in timing.items():
+        results[name] |= {"latency_ms": round(t["latency_ms"], 3), "throughput_eps": round(t["throughput_eps"], 1)}
+        print(f"evaluate {name}: latency {t['latency_ms']:.2f} ms, throughput {t['throughput_eps']:.0f} examples/s")
+
+    with atomic_dir(args.metrics_dir) as tmp:
+        for name, result in results.items():
+            atomic_write_json(tmp / f"{name}.json", result)
+    with atomic_dir(args.predictions_dir) as tmp:
+        for name, text in predictions.items():
+            atomic_write_text(tmp / f"{name}.csv", text)
+    print(f"evaluate: {len(results)} models -> {args.metrics_dir}, {args.predictions_dir}")
 
 
 if __name__ == "__main__":

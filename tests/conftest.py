@@ -47,7 +47,9 @@ def tiny_params(model_dir: Path, **overrides) -> dict:
     params["teacher"] |= {"init": str(model_dir), "epochs": 1, "batch_size": 8, "learning_rate": 1.0e-3}
     params["distill"]["student"] |= {"num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "embeddings"}
     params["distill"] |= {"epochs": 1, "batch_size": 8}
-    params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1}
+    params["student_seeds"] = [1, 2]
+    params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1, "throughput_examples": 8}
+    params["report"] |= {"bootstrap_samples": 200}
     for section, values in overrides.items():
         params[section] = params[section] | values if isinstance(values, dict) else values
     return params
@@ -105,7 +107,7 @@ def tiny_repo(tmp_path_factory, tiny_model_dir):
 
 
 def run_pipeline(root: Path, params: Path) -> None:
-    """Every stage's entry script in order, in-process, for the models in evaluate.models."""
+    """Every stage's entry script in order, in-process, for the models in evaluate.models and every student seed."""
     doc = yaml.safe_load(params.read_text())
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -116,11 +118,13 @@ def run_pipeline(root: Path, params: Path) -> None:
         assert run_script("teacher", *p, "--prepared", prepared, "--out", teacher, "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
         assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--out", root / "signals") == 0
         for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
-            assert run_script("distill", *p, "--method", m, "--prepared", prepared, "--teacher", teacher, "--signals", root / "signals",
-                              "--out", root / f"models/{m}", "--metrics", root / f"train/{m}.json", "--curve", root / f"curves/{m}.tsv") == 0
-        for m in doc["evaluate"]["models"]:
-            assert run_script("evaluate", *p, "--model", m, "--model-dir", root / f"models/{m}", "--prepared", prepared,
-                              "--metrics", root / f"metrics/{m}.json", "--predictions", root / f"predictions/{m}.csv") == 0
-        assert run_script("report", *p, "--metrics-dir", root / "metrics", "--prepared", prepared, "--data-report", root / "data.json", "--out", root / "report.md") == 0
+            for seed in doc["student_seeds"]:
+                assert run_script("distill", *p, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher, "--signals", root / "signals",
+                                  "--out", root / f"students/{m}-s{seed}", "--metrics", root / f"train/{m}-s{seed}.json", "--curve", root / f"curves/{m}-s{seed}.tsv") == 0
+        assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",
+                          "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions") == 0
+        assert run_script("report", *p, "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--curves-dir", root / "curves",
+                          "--prepared", prepared, "--data-report", root / "data.json", "--teacher", teacher, "--students", root / "students",
+                          "--out", root / "report.md", "--summary", root / "summary.json", "--points", root / "accuracy_latency.csv") == 0
     finally:
         mp.undo()

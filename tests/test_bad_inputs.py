@@ -21,7 +21,7 @@ from conftest import run_pipeline, run_script, tiny_params
 def chain(tmp_path_factory, tiny_model_dir) -> Path:
     """Good upstream artifacts to break copies of: the tiny pipeline with one student."""
     root = tmp_path_factory.mktemp("chain")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, evaluate={"models": ["teacher", "ce"]})))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, evaluate={"models": ["teacher", "ce"]}, student_seeds=[1, 2])))
     run_pipeline(root, root / "params.yaml")
     return root
 
@@ -52,16 +52,19 @@ def extract(p, prepared, teacher_dir, tmp):
 
 
 def distill(p, prepared, teacher_dir, signals, tmp, method="ce"):
-    return ["distill", "--params", p, "--method", method, "--prepared", prepared, "--teacher", teacher_dir, "--signals", signals,
+    return ["distill", "--params", p, "--method", method, "--seed", 1, "--prepared", prepared, "--teacher", teacher_dir, "--signals", signals,
             "--out", tmp / "out-student", "--metrics", tmp / "out-s.json", "--curve", tmp / "out-s.tsv"]
 
 
-def evaluate(p, model_dir, prepared, tmp):
-    return ["evaluate", "--params", p, "--model", "ce", "--model-dir", model_dir, "--prepared", prepared, "--metrics", tmp / "out-m.json", "--predictions", tmp / "out-p.csv"]
+def evaluate(p, students, chain, tmp):
+    return ["evaluate", "--params", p, "--prepared", chain / "prepared", "--teacher", chain / "models/teacher", "--students", students,
+            "--metrics-dir", tmp / "out-metrics", "--predictions-dir", tmp / "out-predictions"]
 
 
-def report(p, metrics_dir, chain, tmp):
-    return ["report", "--params", p, "--metrics-dir", metrics_dir, "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--out", tmp / "out-report.md"]
+def report(p, metrics_dir, chain, tmp, predictions_dir=None):
+    return ["report", "--params", p, "--metrics-dir", metrics_dir, "--predictions-dir", predictions_dir or chain / "predictions", "--curves-dir", chain / "curves",
+            "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--teacher", chain / "models/teacher", "--students", chain / "students",
+            "--out", tmp / "out/report.md", "--summary", tmp / "out/summary.json", "--points", tmp / "out/points.csv"]
 
 
 # ---- data files (prepare) --------------------------------------------------------------------
@@ -253,9 +256,25 @@ def bad_teacher_weights_altered(chain, tmp):
 
 
 def bad_student_weights_missing(chain, tmp):
-    model = copy(chain, tmp, "models/ce")
-    (model / "model.safetensors").unlink()
-    return evaluate(chain / "params.yaml", model, chain / "prepared", tmp), r"ce/model.safetensors: listed in attnkd.json but missing"
+    students = copy(chain, tmp, "students")
+    (students / "ce-s2/model.safetensors").unlink()
+    return evaluate(chain / "params.yaml", students, chain, tmp), r"ce-s2/model.safetensors: listed in attnkd.json but missing"
+
+
+def bad_student_seed_not_trained(chain, tmp):
+    p = params(chain, tmp, {"student_seeds": [1, 2, 3]})
+    return evaluate(p, chain / "students", chain, tmp), r"ce-s3: no such model dir; evaluate.models and student_seeds name ce-s3"
+
+
+def bad_params_repeated_seed(chain, tmp):
+    p = params(chain, tmp, {"student_seeds": [1, 1]})
+    return distill(p, chain / "prepared", chain / "models/teacher", chain / "signals", tmp), r"params.yaml: student_seeds: \[1, 1\] repeats a seed"
+
+
+def bad_predictions_missing(chain, tmp):
+    predictions = copy(chain, tmp, "predictions")
+    (predictions / "ce-s1.csv").unlink()
+    return report(chain / "params.yaml", chain / "metrics", chain, tmp, predictions), r"ce-s1.csv: file not found"
 
 
 def bad_signals_truncated(chain, tmp):
@@ -281,8 +300,8 @@ def bad_signals_from_another_teacher(chain, tmp):
 
 def bad_metrics_corrupt(chain, tmp):
     metrics = copy(chain, tmp, "metrics")
-    (metrics / "ce.json").write_text("{not json")
-    return report(chain / "params.yaml", metrics, chain, tmp), r"ce.json: not valid JSON"
+    (metrics / "ce-s1.json").write_text("{not json")
+    return report(chain / "params.yaml", metrics, chain, tmp), r"ce-s1.json: not valid JSON"
 
 
 def bad_non_finite_loss(chain, tmp):
@@ -295,7 +314,7 @@ CASES = [data_case(b) for b in DATA_CASES] + [
     bad_params_not_yaml, bad_params_unknown_method, bad_teacher_init_missing, bad_teacher_init_not_a_model, bad_report_without_teacher,
     bad_prepared_split_missing, bad_prepared_split_altered, bad_prepared_meta_corrupt, bad_teacher_weights_altered,
     bad_student_weights_missing, bad_signals_truncated, bad_signals_manifest_missing, bad_signals_from_another_teacher,
-    bad_metrics_corrupt, bad_non_finite_loss,
+    bad_metrics_corrupt, bad_non_finite_loss, bad_student_seed_not_trained, bad_params_repeated_seed, bad_predictions_missing,
 ]
 
 

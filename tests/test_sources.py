@@ -188,17 +188,18 @@ def test_sentence_pairs_run_through_every_stage(tmp_path, tiny_model_dir):
     src = glue_slice(tmp_path, "rte", 60)
     doc = params_with(
         tiny_model_dir, load_profile("rte")["data"] | {"dir": str(src), "max_length": 48, "val_fraction": 0.2},
-        methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, evaluate={"models": ["teacher", "ce", "kd_at"]},
+        methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, evaluate={"models": ["teacher", "ce", "kd_at"]}, student_seeds=[1],
     )
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
     run_pipeline(tmp_path, params)
     manifest = json.loads((tmp_path / "signals/manifest.json").read_text())
     assert manifest["num_examples"] == len(read(tmp_path / "prepared", "train"))
-    metrics = json.loads((tmp_path / "metrics/kd_at.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/kd_at-s1.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     report = (tmp_path / "report.md").read_text()
     assert "## Data" in report and "sentence pairs" in report and "entailment" in report
+    assert "cannot judge significance" in report  # one seed
 
 
 HUB = {"source": "hub", "hub_name": "glue", "hub_config": "sst2", "splits": {"train": "train"}, "text_column": "sentence"}

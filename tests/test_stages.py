@@ -54,13 +54,25 @@ def test_extract_writes_the_mapped_layers_with_a_manifest(work):
 
 
 def test_distill_saves_students_that_share_init_but_not_result(work):
-    ce, kd_at = load_file(work / "models/ce/model.safetensors"), load_file(work / "models/kd_at/model.safetensors")
+    ce, kd_at = load_file(work / "students/ce-s1/model.safetensors"), load_file(work / "students/kd_at-s1/model.safetensors")
     assert ce.keys() == kd_at.keys()
     assert any(not (ce[k] == kd_at[k]).all() for k in ce)
-    record = json.loads((work / "models/kd_at/attnkd.json").read_text())
-    assert record["weights"] == {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0} and record["layer_pairs"] == [[2, 1]]
-    curve = pd.read_csv(work / "curves/kd_at.tsv", sep="\t")
+    record = json.loads((work / "students/kd_at-s1/attnkd.json").read_text())
+    assert record["weights"] == {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0} and record["layer_pairs"] == [[2, 1]] and record["seed"] == 1
+    curve = pd.read_csv(work / "curves/kd_at-s1.tsv", sep="\t")
     assert {"train_ce", "train_kd", "train_attn_kl", "train_loss", "val_accuracy"} <= set(curve.columns)
+
+
+def test_student_seeds_change_the_student(work):
+    one, two = load_file(work / "students/ce-s1/model.safetensors"), load_file(work / "students/ce-s2/model.safetensors")
+    assert any(not (one[k] == two[k]).all() for k in one)
+
+
+def test_distill_refuses_a_seed_not_in_student_seeds(work, tmp_path, capsys):
+    code = run_script("distill", "--params", work / "params.yaml", "--method", "ce", "--seed", 7, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
+                      "--signals", work / "signals", "--out", tmp_path / "ce", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
+    assert code == 2 and "student_seeds: 7 is not listed" in capsys.readouterr().err
+    assert not (tmp_path / "ce").exists()
 
 
 def test_distill_online_mode_trains_like_the_store(work, tmp_path):
@@ -69,48 +81,82 @@ def test_distill_online_mode_trains_like_the_store(work, tmp_path):
     doc["distill"]["signals"] = "online"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
-    code = run_script("distill", "--params", params, "--method", "kd_at", "--prepared", work / "prepared", "--teacher", work / "models/teacher",
+    code = run_script("distill", "--params", params, "--method", "kd_at", "--seed", 1, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
                       "--signals", tmp_path / "no-store", "--out", tmp_path / "kd_at", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
     assert code == 0
-    online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/kd_at.tsv", sep="\t")
+    online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/kd_at-s1.tsv", sep="\t")
     for col in ("train_ce", "train_kd", "train_attn_kl"):
         assert online[col].iloc[0] == pytest.approx(stored[col].iloc[0], rel=1e-2), col
 
 
-def test_evaluate_writes_metrics_and_predictions(work):
-    m = json.loads((work / "metrics/kd_at.json").read_text())
-    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "params", "size_mb", "latency_ms"):
+def test_evaluate_writes_metrics_and_predictions_for_every_model(work):
+    assert sorted(p.stem for p in (work / "metrics").iterdir()) == ["ce-s1", "ce-s2", "kd_at-s1", "kd_at-s2", "teacher"]
+    m = json.loads((work / "metrics/kd_at-s2.json").read_text())
+    for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "ece", "params", "size_mb", "latency_ms", "throughput_eps", "attention_js_mean"):
         assert isinstance(m[key], (int, float)), key
-    assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0
-    assert sum(map(sum, m["confusion"]["matrix"])) == m["test_examples"] == 12
-    preds = pd.read_csv(work / "predictions/kd_at.csv")
-    assert list(preds.columns) == ["actual", "predicted"] and len(preds) == 12
+    assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0 and m["throughput_eps"] > 0 and 0 <= m["ece"] <= 1
+    assert (m["method"], m["seed"]) == ("kd_at", 2) and set(m["attention_js"]) == {"t2-s1"} and 0 <= m["attention_js"]["t2-s1"] <= 1
+    assert sum(c["support"] for c in m["per_class"].values()) == sum(map(sum, m["confusion"]["matrix"])) == m["test_examples"] == 12
+    assert "attention_js" not in json.loads((work / "metrics/teacher.json").read_text())
+    preds = pd.read_csv(work / "predictions/kd_at-s2.csv")
+    assert list(preds.columns[:2]) == ["actual", "predicted"] and len(preds) == 12
+    assert preds.filter(like="p_").sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-4)
     assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(m["accuracy"], abs=1e-6)
 
 
-def test_report_has_one_row_per_model_with_the_metrics_values(work):
-    text = (work / "report.md").read_text()
-    lines = [line for line in text.splitlines() if line.startswith("|") and "---" not in line]
+def table(text: str, heading: str) -> dict[str, dict[str, str]]:
+    """The Markdown table under `## heading`, as {first cell: {column: cell}}."""
+    section = text.split(f"## {heading}\n")[1].split("\n## ")[0]
+    lines = [l for l in section.splitlines() if l.startswith("|") and "---" not in l]
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    table = {cells[0]: dict(zip(header, cells)) for cells in ([c.strip() for c in l.strip("|").split("|")] for l in lines[1:]) if len(cells) == len(header)}
-    assert {"teacher", "ce", "kd_at"} <= set(table)
-    for model in ("teacher", "kd_at"):
-        m = json.loads((work / f"metrics/{model}.json").read_text())
-        assert table[model]["accuracy"] == f"{m['accuracy']:.3f}" and table[model]["latency_ms"] == f"{m['latency_ms']:.3f}"
-    assert (table["teacher"]["speed_up"], table["teacher"]["acc_kept_%"]) == ("1.000", "100.000")
+    return {cells[0]: dict(zip(header, cells)) for cells in ([c.strip() for c in l.strip("|").split("|")] for l in lines[1:])}
+
+
+def test_report_tables_hold_the_metrics_values(work):
+    text = (work / "report.md").read_text()
+    metrics = {p.stem: json.loads(p.read_text()) for p in (work / "metrics").iterdir()}
+    quality, efficiency = table(text, "Quality on the test split"), table(text, "Efficiency")
+    assert list(quality) == ["teacher", "ce", "kd_at"]
+    assert quality["teacher"]["accuracy"] == f"{metrics['teacher']['accuracy']:.3f}" and quality["teacher"]["seeds"] == "1"
+    for method in ("ce", "kd_at"):
+        accs = [metrics[f"{method}-s{s}"]["accuracy"] for s in (1, 2)]
+        mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
+        assert quality[method]["accuracy"] == f"{mean:.3f} ± {std:.3f}"
+        lat = sum(metrics[f"{method}-s{s}"]["latency_ms"] for s in (1, 2)) / 2
+        assert efficiency[method]["speed-up"] == f"{metrics['teacher']['latency_ms'] / lat:.2f}x"
+    assert quality["ce"]["p vs ce"] == "-" and 0 < float(quality["kd_at"]["p vs ce"]) <= 1
+    seeds = table(text, "Accuracy per seed")
+    assert seeds["kd_at"]["seed 2"] == f"{metrics['kd_at-s2']['accuracy']:.3f}"
+    summary = json.loads((work / "summary.json").read_text())
+    assert summary["kd_at"]["accuracy"]["mean"] == pytest.approx(sum(metrics[f"kd_at-s{s}"]["accuracy"] for s in (1, 2)) / 2, abs=1e-6)
+    assert 0 < summary["kd_at"]["vs_ce"]["p_value"] <= 1
+    html = (work / "report.html").read_text()
+    for method in ("ce", "kd_at"):
+        assert f"<td>{quality[method]['accuracy']}</td>" in html
+
+
+def test_report_draws_every_figure(work):
+    assert sorted(p.name for p in (work / "figures").iterdir()) == ["accuracy_latency.png", "attention_0.png", "attention_1.png", "curves.png"]
+    text = (work / "report.md").read_text()
+    assert all(f"(figures/{p.name})" in text for p in (work / "figures").iterdir())
+    html = (work / "report.html").read_text()
+    assert html.count('<img src="data:image/png;base64,') == 4 and 'src="figures/' not in html  # self-contained
 
 
 def test_training_stages_log_runs_with_terms_and_tags(work):
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) == {"teacher", "distill-ce", "distill-kd_at"}
-    run = by_name["distill-kd_at"]
+    assert set(by_name) == {"teacher", "distill-ce-s1", "distill-ce-s2", "distill-kd_at-s1", "distill-kd_at-s2", "report"}
+    run = by_name["distill-kd_at-s1"]
     assert {"train/ce", "train/kd", "train/attn_kl", "train/loss", "val/accuracy"} <= set(run.data.metrics)
-    assert run.data.tags["dvc.stage"] == "distill@kd_at" and len(run.data.tags["git.commit"]) >= 7
+    assert run.data.tags["dvc.stage"] == "distill@kd_at-1" and len(run.data.tags["git.commit"]) >= 7
     assert run.data.params["method"] == "kd_at" and "version.torch" in run.data.tags
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert artifacts == {"kd_at.tsv", "attnkd.json"}
+    assert artifacts == {"kd_at-s1.tsv", "attnkd.json"}
+    report = by_name["report"]
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)} == {"report.md", "report.html", "summary.json", "accuracy_latency.csv", "figures"}
+    assert report.data.metrics["kd_at/accuracy_mean"] == pytest.approx(json.loads((work / "summary.json").read_text())["kd_at"]["accuracy"]["mean"])
 
 
 def test_bad_params_stop_a_stage_with_one_line_and_no_output(tmp_path, params_file, capsys):

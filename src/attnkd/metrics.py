@@ -1,4 +1,4 @@
-"""Quality and efficiency measurements (scikit-learn for the statistics)."""
+"""Quality, efficiency and attention-agreement measurements (scikit-learn for the statistics)."""
 
 from __future__ import annotations
 
@@ -39,24 +39,102 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, f
     return {"accuracy": accuracy_score(labels, pred), "precision_macro": p, "recall_macro": r, "f1_macro": f1, "roc_auc": auc}
 
 
+def calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
+    """Expected calibration error of the top-label confidence: over `bins` equal-width confidence
+    bins, the example-weighted mean of |accuracy - mean confidence| (Guo et al., 2017)."""
+    conf = probs.max(1)
+    correct = probs.argmax(1) == labels
+    which = np.minimum((conf * bins).astype(int), bins - 1)  # bin of each example; conf 1.0 -> last bin
+    ece = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
+    return float(ece)
+
+
+def per_class(labels: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
+    """Precision, recall, F1 and support of every class."""
+    p, r, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(len(names))), zero_division=0)
+    return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])} for i, n in enumerate(names)}
+
+
 def confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
     return confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist()
 
 
-@torch.no_grad()
-def latency_ms(model, split: Split, n_examples: int, repeats: int, pad_id: int) -> float:
-    """Median wall time of one batch-1 forward pass, in ms, over the first n examples x repeats.
+def _forward(model, b: dict[str, torch.Tensor]):
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
 
-    One warm-up pass over the examples first, so allocation and lazy init are not measured.
-    """
-    model.eval()
-    inputs = [collate(split, np.array([i]), pad_id) for i in range(min(n_examples, len(split)))]
-    for b in inputs:
-        model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
+
+def _seconds(model, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     times = []
+    for b in batches:
+        t0 = time.perf_counter()
+        _forward(model, b)
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+@torch.no_grad()
+def efficiency(models: dict[str, torch.nn.Module], split: Split, pad_id: int, latency_examples: int, throughput_examples: int,
+               batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Batch-1 latency (median ms over the first `latency_examples` x repeats) and throughput
+    (median examples/s of a pass over the first `throughput_examples` in batches of `batch_size`)
+    of every model on the same inputs, in the calling process and thread setting.
+
+    After one warm-up pass per model, the repeats go round-robin over the models, so a slow
+    spell of a shared machine lands on all of them rather than on one.
+    """
+    ones = [collate(split, np.array([i]), pad_id) for i in range(min(latency_examples, len(split)))]
+    first = np.arange(min(throughput_examples, len(split)))
+    batched = [collate(split, first[idx], pad_id) for idx in length_batches(split.lengths[first], batch_size)]
+    for model in models.values():
+        model.eval()
+        _seconds(model, ones + batched)
+    latencies = {name: [] for name in models}
+    rates = {name: [] for name in models}
     for _ in range(repeats):
-        for b in inputs:
-            t0 = time.perf_counter()
-            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
-            times.append((time.perf_counter() - t0) * 1000.0)
-    return statistics.median(times)
+        for name, model in models.items():
+            latencies[name] += _seconds(model, ones)
+            rates[name].append(len(first) / sum(_seconds(model, batched)))
+    return {name: {"latency_ms": 1000.0 * statistics.median(latencies[name]), "throughput_eps": statistics.median(rates[name])} for name in models}
+
+
+def js_divergence(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """Jensen-Shannon divergence in bits (0 = equal, 1 = disjoint) between distributions on the last axis."""
+    m = 0.5 * (p + q)
+    kl = lambda a: torch.special.xlogy(a, a).sum(-1) - torch.special.xlogy(a, m).sum(-1)  # noqa: E731
+    return 0.5 * (kl(p) + kl(q)) / np.log(2.0)
+
+
+@torch.no_grad()
+def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list[tuple[int, int]]]], split: Split,
+                        batch_size: int, pad_id: int) -> dict[str, dict[str, float]]:
+    """For every student and mapped (teacher_layer, student_layer) pair: the mean Jensen-Shannon
+    divergence (bits) between the student's and the teacher's attention rows, over heads (per
+    head with equal head counts, else head-averaged maps), non-padding query tokens and examples.
+    Keys are `t<teacher_layer>-s<student_layer>`."""
+    teacher.eval()
+    sums = {name: {} for name in students}
+    count = 0
+    for idx in length_batches(split.lengths, batch_size):
+        b = collate(split, idx, pad_id)
+        rows = b["attention_mask"].bool()  # (B, T) real query tokens
+        count += int(rows.sum())
+        att_t = _forward_attn(teacher, b)
+        for name, (model, pairs) in students.items():
+            model.eval()
+            att_s = _forward_attn(model, b)
+            for t_layer, s_layer in pairs:
+                a_s, a_t = att_s[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
+                if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
+                    a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+                js = js_divergence(a_s, a_t).mean(1)  # (B, T)
+                key = f"t{t_layer}-s{s_layer}"
+                sums[name][key] = sums[name].get(key, 0.0) + float(js[rows].sum())
+    return {name: {k: v / count for k, v in layers.items()} for name, layers in sums.items()}
+
+
+def _forward_attn(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"], output_attentions=True).attentions

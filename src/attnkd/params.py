@@ -169,18 +169,27 @@ class MethodWeights(Section):
 
 class EvaluateParams(Section):
     models: Annotated[list[str], Field(min_length=1)] = ["teacher", "ce", "kd", "at", "kd_at"]
-    batch_size: PosInt = 64
+    batch_size: PosInt = 64  # predictions, attention agreement, and the throughput batch
     latency_examples: PosInt = 32
-    latency_repeats: PosInt = 5
+    latency_repeats: PosInt = 5  # also the repeats of the throughput measurement
+    throughput_examples: PosInt = 256
+    calibration_bins: PosInt = 15
 
 
 class ReportParams(Section):
     title: str = "Attention-transfer distillation report"
     digits: Annotated[int, Field(ge=1, le=6)] = 3
+    bootstrap_samples: Annotated[int, Field(ge=100)] = 10000  # paired bootstrap against the ce student
+    heatmap_examples: Annotated[int, Field(ge=0, le=8)] = 2  # evaluation examples drawn as attention heatmaps
+    heatmap_tokens: Annotated[int, Field(ge=4, le=64)] = 24  # tokens shown per heatmap axis (the first ones)
+
+
+Seed = Annotated[int, Field(ge=0)]
 
 
 class Params(Section):
-    seed: Annotated[int, Field(ge=0)] = 42
+    seed: Seed = 42  # splits and the teacher
+    student_seeds: Annotated[list[Seed], Field(min_length=1)] = [42, 43, 44]  # one student per seed and method
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     extract: ExtractParams = ExtractParams()
@@ -201,6 +210,13 @@ class Params(Section):
             if name == "teacher" or not name.replace("_", "").isalnum():
                 raise ValueError(f"method name {name!r} must be letters, digits or _ and not 'teacher'")
         return methods
+
+    @field_validator("student_seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"{seeds} repeats a seed")
+        return seeds
 
     @model_validator(mode="after")
     def _evaluated_models_exist(self) -> Params:

@@ -1,13 +1,23 @@
-"""Small writers for DVC plots and the report's tables."""
+"""The report: per-method summaries over seeds, its tables, and one document rendered both as
+Markdown (reports/report.md) and as self-contained HTML (reports/report.html, images inlined)."""
 
 from __future__ import annotations
 
+import base64
+import html
+import math
+import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from attnkd.data import SPLITS
 from attnkd.io import atomic_write_text
+from attnkd.stats import mean_std, paired_bootstrap
+
+BASELINE = "ce"
+TEST_NAME = "two-level paired bootstrap (seeds and test examples resampled together)"
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -15,34 +25,101 @@ def write_curve(path: Path, history: list[dict]) -> None:
     atomic_write_text(path, pd.DataFrame(history).to_csv(sep="\t", index=False, float_format="%.6g"))
 
 
-def collect_metrics(metrics_dir: Path, models: list[str]) -> list[dict]:
-    """Read reports/metrics/<model>.json for every evaluated model; the teacher must be there."""
-    from attnkd.errors import UserError
-    from attnkd.io import read_json
-
-    if "teacher" not in models:
-        raise UserError("evaluate.models: the report compares against the teacher; include 'teacher'")
-    return [read_json(Path(metrics_dir) / f"{name}.json") for name in models]
+# ---------------------------------------------------------------------------- summaries
 
 
-def comparison_table(rows: list[dict]) -> pd.DataFrame:
-    """One row per model, with speed-up and accuracy kept relative to the teacher."""
-    teacher = next(r for r in rows if r["model"] == "teacher")
-    table = pd.DataFrame(
+def _stat(values: list[float]) -> dict[str, float | None]:
+    mean, std = mean_std(values)
+    return {"mean": round(mean, 6), "std": None if math.isnan(std) else round(std, 6)}
+
+
+def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int) -> dict[str, dict]:
+    """Per method (and the teacher): mean and std over seeds of the quality, efficiency and
+    agreement figures, and against the ce student (when evaluated with 2+ seeds) the paired
+    bootstrap of the accuracy difference. `groups`: method -> its model names, seed order equal
+    across methods; `correct[model]`: (N,) 0/1 per test example."""
+    teacher = results["teacher"]
+    out = {}
+    for method, models in groups.items():
+        rows = [results[m] for m in models]
+        s = {"seeds": len(rows)}
+        for key in ("accuracy", "f1_macro", "roc_auc", "ece", "latency_ms", "throughput_eps", "attention_js_mean"):
+            if key in rows[0]:
+                s[key] = _stat([r[key] for r in rows])
+        s["params"] = rows[0]["params"]
+        s["size_mb"] = rows[0]["size_mb"]
+        s["speed_up"] = round(teacher["latency_ms"] / s["latency_ms"]["mean"], 4)
+        s["accuracy_kept_pct"] = round(100.0 * s["accuracy"]["mean"] / teacher["accuracy"], 4)
+        if "attention_js" in rows[0]:
+            s["attention_js"] = {k: _stat([r["attention_js"][k] for r in rows]) for k in rows[0]["attention_js"]}
+        s["per_class_f1"] = {c: round(float(np.mean([r["per_class"][c]["f1"] for r in rows])), 6) for c in rows[0]["per_class"]}
+        if method not in ("teacher", BASELINE) and BASELINE in groups and len(models) > 1:
+            test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[BASELINE]]), samples)
+            s["vs_ce"] = {"delta": round(test.delta, 6), "ci_low": round(test.low, 6), "ci_high": round(test.high, 6), "p_value": round(test.p_value, 6)}
+        out[method] = s
+    return out
+
+
+# ---------------------------------------------------------------------------- tables
+
+
+def pm(stat: dict | None, digits: int, scale: float = 1.0) -> str:
+    """`mean ± std`, or the mean alone for one seed."""
+    if stat is None:
+        return "-"
+    mean = f"{stat['mean'] * scale:.{digits}f}"
+    return mean if stat["std"] is None else f"{mean} ± {stat['std'] * scale:.{digits}f}"
+
+
+def quality_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+    rows = []
+    for name, s in summary.items():
+        vs = s.get("vs_ce")
+        rows.append({
+            "model": name,
+            "seeds": s["seeds"],
+            "accuracy": pm(s["accuracy"], digits),
+            "F1 macro": pm(s["f1_macro"], digits),
+            "ROC-AUC": pm(s["roc_auc"], digits),
+            "ECE": pm(s["ece"], digits),
+            "acc kept %": f"{s['accuracy_kept_pct']:.1f}",
+            "Δ acc vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
+            "p vs ce": f"{vs['p_value']:.3g}" if vs else "-",
+        })
+    return pd.DataFrame(rows)
+
+
+def efficiency_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+    return pd.DataFrame(
         {
-            "model": r["model"],
-            "accuracy": r["accuracy"],
-            "f1_macro": r["f1_macro"],
-            "roc_auc": r["roc_auc"],
-            "params_M": r["params"] / 1e6,
-            "size_MB": r["size_mb"],
-            "latency_ms": r["latency_ms"],
-            "speed_up": teacher["latency_ms"] / r["latency_ms"],
-            "acc_kept_%": 100.0 * r["accuracy"] / teacher["accuracy"],
+            "model": name,
+            "params (M)": f"{s['params'] / 1e6:.2f}",
+            "size (MB)": f"{s['size_mb']:.1f}",
+            "latency, batch 1 (ms)": pm(s["latency_ms"], 2),
+            "throughput (examples/s)": pm(s["throughput_eps"], 0),
+            "speed-up": f"{s['speed_up']:.2f}x",
         }
-        for r in rows
+        for name, s in summary.items()
     )
-    return table
+
+
+def agreement_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+    rows = []
+    for name, s in summary.items():
+        if "attention_js" in s:
+            rows.append({"model": name, **{f"JS {k}": pm(v, digits) for k, v in s["attention_js"].items()}, "JS mean": pm(s["attention_js_mean"], digits)})
+    return pd.DataFrame(rows)
+
+
+def per_class_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+    return pd.DataFrame({"model": name, **{c: f"{f1:.{digits}f}" for c, f1 in s["per_class_f1"].items()}} for name, s in summary.items())
+
+
+def seed_table(results: dict[str, dict], groups: dict[str, list[str]], digits: int) -> pd.DataFrame:
+    rows = []
+    for method, models in groups.items():
+        rows.append({"model": method, **{f"seed {results[m]['seed']}": f"{results[m]['accuracy']:.{digits}f}" for m in models}})
+    return pd.DataFrame(rows).fillna("-")
 
 
 def data_table(report: dict) -> pd.DataFrame:
@@ -66,53 +143,66 @@ def data_table(report: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def data_section(report: dict) -> list[str]:
+def data_note(report: dict) -> str:
     overlap = report["train_rows_also_in_evaluation"]
     sources = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in SPLITS)
     fallback = sum(s.get("decoded_as_cp1252", 0) for s in report["splits"].values())
-    return [
-        "## Data",
-        "",
-        data_table(report).to_markdown(index=False),
-        "",
+    return (
         f"Task: {report['task']}; truncated at {report['max_length']} tokens. Sources: {sources}. "
-        f"Training rows also found in an evaluation split: {overlap['count']} ({'removed' if overlap['removed'] else 'kept'}). "
-        + (f"Rows decoded as Windows-1252: {fallback}." if fallback else ""),
-        "",
-    ]
-
-
-def render_report(title: str, rows: list[dict], meta: dict, data_report: dict, params, digits: int) -> str:
-    table = comparison_table(rows)
-    student = params.distill.student
-    splits = ", ".join(f"{k} {v['examples']}" for k, v in meta["splits"].items())
-    methods = "\n".join(
-        f"| `{name}` | " + ", ".join(f"{k} {v:g}" for k, v in m.weights().items()) + " |"
-        for name, m in params.methods.items()
-        if name in table["model"].values
+        f"Training rows also found in an evaluation split: {overlap['count']} ({'removed' if overlap['removed'] else 'kept'})."
+        + (f" Rows decoded as Windows-1252: {fallback}." if fallback else "")
     )
-    lines = [
-        f"# {title}",
-        "",
-        "## Comparison on the test split",
-        "",
-        table.to_markdown(index=False, floatfmt=f".{digits}f"),
-        "",
-        "Latency: median batch-1 CPU forward time on one thread over the same test examples for every model. "
-        "Speed-up and accuracy kept are relative to the teacher.",
-        "",
-        *data_section(data_report),
-        "## Setup",
-        "",
-        f"- data: {meta['source']}, {len(meta['label_names'])} classes ({', '.join(meta['label_names'])}); "
-        f"splits: {splits}; max length {meta['max_length']} tokens",
-        f"- student: {student.num_layers} layers, hidden {student.hidden_size}, {student.num_heads} heads, "
-        f"init `{student.init}`; layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}",
-        f"- seed: {params.seed}",
-        "",
-        "| method | loss weights |",
-        "|---|---|",
-        methods,
-        "",
-    ]
-    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- one document, two renderings
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;max-width:1180px;margin:2rem auto;padding:0 1rem;color:#222;line-height:1.45}
+h1{font-size:1.7rem;border-bottom:2px solid #333;padding-bottom:.3rem}h2{font-size:1.25rem;margin-top:2rem;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.6rem 0;font-size:.86rem}th,td{border:1px solid #ccc;padding:.25rem .55rem;text-align:right}
+th{background:#f2f2f2}td:first-child,th:first-child{text-align:left;font-weight:600}tr:nth-child(even) td{background:#fafafa}
+img{max-width:100%;height:auto;display:block;margin:.5rem 0;border:1px solid #eee}figcaption{font-size:.85rem;color:#555;margin-bottom:1rem}
+code{background:#f4f4f4;padding:0 .2rem;border-radius:3px}.note{color:#555;font-size:.9rem}
+"""
+
+
+def _inline_html(text: str) -> str:
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+class Document:
+    """Headings, paragraphs, tables and figures, kept as Markdown and HTML side by side."""
+
+    def __init__(self, title: str):
+        self.title = title
+        self.md = [f"# {title}", ""]
+        self.html = [f"<h1>{html.escape(title)}</h1>"]
+
+    def heading(self, text: str) -> None:
+        self.md += [f"## {text}", ""]
+        self.html.append(f"<h2>{html.escape(text)}</h2>")
+
+    def para(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f'<p class="note">{_inline_html(text)}</p>')
+
+    def bullets(self, items: list[str]) -> None:
+        self.md += [*(f"- {i}" for i in items), ""]
+        self.html.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in items) + "</ul>")
+
+    def table(self, frame: pd.DataFrame) -> None:
+        self.md += [frame.to_markdown(index=False, disable_numparse=True), ""]
+        self.html.append(frame.to_html(index=False, border=0, escape=True))
+
+    def figure(self, name: str, image: bytes, caption: str) -> None:
+        """`name`: the PNG's path relative to the Markdown file."""
+        self.md += [f"![{caption}]({name})", "", f"*{caption}*", ""]
+        data = base64.b64encode(image).decode("ascii")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}"><figcaption>{_inline_html(caption)}</figcaption></figure>')
+
+    def markdown(self) -> str:
+        return "\n".join(self.md)
+
+    def to_html(self) -> str:
+        body = "\n".join(self.html)
+        return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n'

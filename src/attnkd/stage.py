@@ -34,6 +34,15 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def student_name(method: str, seed: int) -> str:
+    """The name of the student a method trains from a seed: its model dir, metrics and curve files."""
+    return f"{method}-s{seed}"
+
+
+def student_names(methods: list[str], seeds: list[int]) -> list[str]:
+    return [student_name(m, s) for m in methods for s in seeds]
+
+
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
     """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
     and `attnkd.json` with `record` and the sha256 of every file), the curve and the best-epoch metrics; log them to `run`."""

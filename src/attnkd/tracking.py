@@ -83,7 +83,11 @@ class Run:
         self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step, synchronous=False)
 
     def log_artifact(self, path: Path) -> None:
-        self._mlflow.log_artifact(str(path))
+        """A file, or a folder's files under its name."""
+        if Path(path).is_dir():
+            self._mlflow.log_artifacts(str(path), artifact_path=Path(path).name)
+        else:
+            self._mlflow.log_artifact(str(path))
 
 
 @contextlib.contextmanager

@@ -1,0 +1,98 @@
+"""The report's statistics and measurements as pure functions: calibration, attention agreement,
+the paired bootstrap, and the per-method summary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from attnkd.metrics import calibration_error, js_divergence, per_class
+from attnkd.reporting import Document, pm, quality_table, summarize
+from attnkd.stats import mean_std, paired_bootstrap
+
+
+def test_calibration_error_of_a_perfectly_and_a_badly_calibrated_model():
+    labels = np.array([0, 1, 0, 1])
+    sure_and_right = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert calibration_error(labels, sure_and_right, 10) == pytest.approx(0.0)
+    sure_and_half_wrong = np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])  # confidence 1, accuracy 0.5
+    assert calibration_error(labels, sure_and_half_wrong, 10) == pytest.approx(0.5)
+    # two bins: 0.6-confident (accuracy 1/2) and 0.9-confident (accuracy 1/2): |0.5-0.6|/2 + |0.5-0.9|/2
+    probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.1, 0.9], [0.1, 0.9]])
+    assert calibration_error(np.array([0, 1, 0, 1]), probs, 10) == pytest.approx(0.25)
+
+
+def test_per_class_scores_count_support():
+    scores = per_class(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]), ["a", "b", "c"])
+    assert scores["a"] == {"precision": 1.0, "recall": 0.5, "f1": pytest.approx(2 / 3), "support": 2}
+    assert scores["c"]["f1"] == 1.0
+
+
+def test_js_divergence_is_zero_for_equal_and_one_bit_for_disjoint_rows():
+    p = torch.tensor([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0]], dtype=torch.float64)
+    q = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.5, 0.5]], dtype=torch.float64)
+    js = js_divergence(p, q)
+    assert js[0].item() == pytest.approx(0.0) and js[1].item() == pytest.approx(1.0)
+    r = torch.softmax(torch.randn(4, 7, dtype=torch.float64), -1)
+    s = torch.softmax(torch.randn(4, 7, dtype=torch.float64), -1)
+    assert torch.allclose(js_divergence(r, s), js_divergence(s, r)) and ((js_divergence(r, s) > 0) & (js_divergence(r, s) < 1)).all()
+
+
+def test_paired_bootstrap_finds_a_real_difference_and_none_where_there_is_none():
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 800)) < 0.80).astype(int)
+    better = base.copy()
+    flip = rng.random((3, 800)) < 0.25
+    better[flip] = 1  # about 5 points better, on the same examples
+    test = paired_bootstrap(better, base, 2000)
+    assert test.delta == pytest.approx((better - base).mean()) and test.delta > 0.03
+    assert test.p_value < 0.01 and test.low > 0 and test.high > test.low
+    same = paired_bootstrap(base, base, 2000)
+    assert same.delta == 0 and same.p_value == 1.0
+    noise = (rng.random((3, 800)) < 0.80).astype(int)  # another model of equal accuracy
+    assert paired_bootstrap(noise, base, 2000).p_value > 0.05
+    assert paired_bootstrap(better, base, 2000).p_value == test.p_value  # fixed resampling seed: reproducible
+
+
+def test_mean_std_with_one_value_has_no_spread():
+    assert mean_std([0.5, 0.7]) == (pytest.approx(0.6), pytest.approx(0.1414, abs=1e-4))
+    mean, std = mean_std([0.5])
+    assert mean == 0.5 and np.isnan(std)
+    assert pm({"mean": 0.5, "std": None}, 3) == "0.500" and pm({"mean": 0.5, "std": 0.01}, 3) == "0.500 ± 0.010"
+
+
+def result(name: str, acc: float, latency: float) -> dict:
+    return {"model": name, "accuracy": acc, "f1_macro": acc, "roc_auc": 0.9, "ece": 0.05, "latency_ms": latency, "throughput_eps": 100.0,
+            "params": 10, "size_mb": 1.0, "per_class": {"x": {"f1": acc}}}
+
+
+def test_summary_means_seeds_and_tests_against_ce_only_with_several_seeds():
+    n = 200
+    correct = {"teacher": np.ones(n), "ce-s1": np.r_[np.ones(150), np.zeros(50)], "ce-s2": np.r_[np.ones(140), np.zeros(60)],
+               "kd-s1": np.r_[np.ones(190), np.zeros(10)], "kd-s2": np.r_[np.ones(180), np.zeros(20)]}
+    results = {"teacher": result("teacher", 1.0, 20.0)} | {k: result(k, v.mean(), 10.0) for k, v in correct.items() if k != "teacher"}
+    groups = {"teacher": ["teacher"], "ce": ["ce-s1", "ce-s2"], "kd": ["kd-s1", "kd-s2"]}
+    summary = summarize(results, correct, groups, 1000)
+    assert summary["kd"]["accuracy"]["mean"] == pytest.approx(0.925) and summary["kd"]["seeds"] == 2
+    assert summary["kd"]["speed_up"] == 2.0 and summary["kd"]["accuracy_kept_pct"] == pytest.approx(92.5)
+    assert summary["kd"]["vs_ce"]["delta"] == pytest.approx(0.2) and summary["kd"]["vs_ce"]["p_value"] < 0.01
+    assert "vs_ce" not in summary["ce"] and "vs_ce" not in summary["teacher"] and summary["teacher"]["accuracy"]["std"] is None
+    table = quality_table(summary, 3)
+    assert table.set_index("model").loc["kd", "Δ acc vs ce, points [95% CI]"].startswith("+20.0 [")
+    one_seed = summarize(results, correct, {"teacher": ["teacher"], "ce": ["ce-s1"], "kd": ["kd-s1"]}, 1000)
+    assert "vs_ce" not in one_seed["kd"]  # one seed: no significance claimed
+
+
+def test_document_renders_the_same_content_as_markdown_and_html():
+    import pandas as pd
+
+    doc = Document("T <1>")
+    doc.heading("Quality")
+    doc.para("uses `ce` & more")
+    doc.table(pd.DataFrame({"model": ["a"], "accuracy": ["0.900 ± 0.010"]}))
+    doc.figure("figures/x.png", b"\x89PNG....", "a caption")
+    md, html = doc.markdown(), doc.to_html()
+    assert md.startswith("# T <1>") and "| a       | 0.900 ± 0.010 |" in md and "![a caption](figures/x.png)" in md
+    assert "<h1>T &lt;1&gt;</h1>" in html and "<code>ce</code> &amp; more" in html and "<td>0.900 ± 0.010</td>" in html
+    assert 'src="data:image/png;base64,iVBORy4uLi4="' in html
