@@ -22,7 +22,8 @@ from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
 from attnkd.signals import SignalStore, teacher_batch
 from attnkd.stage import parser, save_trained, seed_everything, setup, student_name
-from attnkd.tracking import mlflow_run
+from attnkd.compute import finish, start
+from attnkd.tracking import stage_run
 from attnkd.train import Budget, fit
 
 
@@ -43,13 +44,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, required=True, help="student seed (initialisation and data order), one of student_seeds")
     p.add_argument("--prepared", type=Path, required=True)
     p.add_argument("--teacher", type=Path, required=True, help="teacher model dir (config, tokenizer, init weights)")
-    p.add_argument("--signals", type=Path, required=True, help="signal store dir")
+    p.add_argument("--signal-store", type=Path, required=True, help="signal store dir (not --signals: torchrun would take that for its --signals-to-handle)")
     p.add_argument("--out", type=Path, required=True, help="student model dir")
     p.add_argument("--metrics", type=Path, required=True)
     p.add_argument("--curve", type=Path, required=True)
     args = p.parse_args()
     params = setup(args.params)
     dp = params.distill
+    compute = start(params.compute.device, params.compute.precision)
     if args.method not in params.methods:
         raise UserError(f"{args.params}: methods.{args.method}: no such method (have {', '.join(params.methods)})")
     if args.seed not in params.student_seeds:
@@ -67,12 +69,12 @@ def main() -> None:
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     teacher_sha256 = sha256_file(weights_file(args.teacher))
     if dp.signals == "store":
-        source = SignalStore(args.signals)
+        source = SignalStore(args.signal_store)
         source.require(wanted, meta["splits"]["train"]["inputs_sha256"], teacher_sha256)
         if source.manifest["num_examples"] != len(train):
-            raise UserError(f"{args.signals / 'manifest.json'}: {source.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
+            raise UserError(f"{args.signal_store / 'manifest.json'}: {source.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
     else:
-        source = teacher.eval()
+        source = teacher.eval().to(compute.device)
 
     student = build_student(teacher, dp.student, pairs, args.seed)
     objective = Objective(weights, pairs, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
@@ -83,12 +85,16 @@ def main() -> None:
     inputs = {"prepared": meta["splits"], "teacher_sha256": teacher_sha256}
     ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
     resume = ckpt.load()
-    with mlflow_run(f"distill@{args.method}-{args.seed}", f"distill-{name}", record, args.seed, resume and resume["run_id"]) as run:
+    logged = record | {"compute": compute.describe(dp.batch_size, dp.learning_rate)}
+    with stage_run(compute.main, f"distill@{args.method}-{args.seed}", f"distill-{name}", logged, args.seed, resume and resume["run_id"]) as run:
         history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {name}",
-                      extra=objective, ckpt=ckpt, resume=resume)
-        best = save_trained(run, student, tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
-    ckpt.clear()
-    print(f"distill {name}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
+                      extra=objective, ckpt=ckpt, resume=resume, compute=compute)
+        if compute.main:
+            best = save_trained(run, student.cpu(), tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
+    if compute.main:
+        ckpt.clear()
+        print(f"distill {name}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
+    finish(compute)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from attnkd import data, signals
-from attnkd.errors import run_stage
+from attnkd.compute import start
+from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.objective import wanted_tensors
@@ -25,10 +26,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="signal store dir")
     args = p.parse_args()
     params = setup(args.params)
+    compute = start(params.compute.device, params.compute.precision)
+    if compute.distributed:
+        raise UserError("extract runs in one process (it is one pass of the teacher); start it without torchrun")
 
     meta = data.load_meta(args.prepared)
     train = data.load_split(args.prepared, "train")
-    model = load_classifier(args.teacher)
+    model = load_classifier(args.teacher).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
     pairs = resolve_layer_map(params.distill.layer_map, model.config.num_hidden_layers, params.distill.student.num_layers)
     # what every configured method's losses read, for the mapped teacher layers only
@@ -38,9 +42,10 @@ def main() -> None:
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
         "inputs_sha256": meta["splits"]["train"]["inputs_sha256"],
         "max_length": meta["max_length"],
+        "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
     }
     with atomic_dir(args.out) as tmp:
-        manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe)
+        manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, compute)
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}")
 

@@ -119,7 +119,7 @@ def run_pipeline(root: Path, params: Path) -> None:
         assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--out", root / "signals") == 0
         for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
             for seed in doc["student_seeds"]:
-                assert run_script("distill", *p, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher, "--signals", root / "signals",
+                assert run_script("distill", *p, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher, "--signal-store", root / "signals",
                                   "--out", root / f"students/{m}-s{seed}", "--metrics", root / f"train/{m}-s{seed}.json", "--curve", root / f"curves/{m}-s{seed}.tsv") == 0
         assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",
                           "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions") == 0

@@ -52,7 +52,7 @@ def extract(p, prepared, teacher_dir, tmp):
 
 
 def distill(p, prepared, teacher_dir, signals, tmp, method="ce"):
-    return ["distill", "--params", p, "--method", method, "--seed", 1, "--prepared", prepared, "--teacher", teacher_dir, "--signals", signals,
+    return ["distill", "--params", p, "--method", method, "--seed", 1, "--prepared", prepared, "--teacher", teacher_dir, "--signal-store", signals,
             "--out", tmp / "out-student", "--metrics", tmp / "out-s.json", "--curve", tmp / "out-s.tsv"]
 
 

@@ -70,7 +70,7 @@ def test_student_seeds_change_the_student(work):
 
 def test_distill_refuses_a_seed_not_in_student_seeds(work, tmp_path, capsys):
     code = run_script("distill", "--params", work / "params.yaml", "--method", "ce", "--seed", 7, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
-                      "--signals", work / "signals", "--out", tmp_path / "ce", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
+                      "--signal-store", work / "signals", "--out", tmp_path / "ce", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
     assert code == 2 and "student_seeds: 7 is not listed" in capsys.readouterr().err
     assert not (tmp_path / "ce").exists()
 
@@ -82,7 +82,7 @@ def test_distill_online_mode_trains_like_the_store(work, tmp_path):
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
     code = run_script("distill", "--params", params, "--method", "kd_at", "--seed", 1, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
-                      "--signals", tmp_path / "no-store", "--out", tmp_path / "kd_at", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
+                      "--signal-store", tmp_path / "no-store", "--out", tmp_path / "kd_at", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
     assert code == 0
     online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/kd_at-s1.tsv", sep="\t")
     for col in ("train_ce", "train_kd", "train_attn_kl"):

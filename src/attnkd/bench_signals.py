@@ -146,7 +146,7 @@ def main() -> None:
         (root / "params.yaml").write_text(yaml.safe_dump(doc))
         env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TQDM_DISABLE": "1"}
         cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--method", "kd_at",
-               "--prepared", str(root / "prepared"), "--teacher", str(work / "teacher"), "--signals", str(root / "signals"),
+               "--prepared", str(root / "prepared"), "--teacher", str(work / "teacher"), "--signal-store", str(root / "signals"),
                "--out", str(root / "student"), "--metrics", str(root / "m.json"), "--curve", str(root / "c.tsv")]
         rss[size] = peak_rss_mib(cmd, env)
         print(f"  distill peak RSS ({args.rss_steps} steps, store mode): {rss[size]:.0f} MiB")

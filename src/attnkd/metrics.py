@@ -9,19 +9,23 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
+from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches
 
 
 @torch.no_grad()
-def predict(model, split: Split, batch_size: int, pad_id: int) -> np.ndarray:
-    """Class probabilities (N, C) in the split's original order."""
+def predict(model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray:
+    """Class probabilities (N, C) in the split's original order. With several processes each
+    predicts every world-th example and the results are summed, so every process returns all."""
     model.eval()
-    probs = np.zeros((len(split), model.config.num_labels), dtype=np.float64)
-    for idx in length_batches(split.lengths, batch_size):
-        b = collate(split, idx, pad_id)
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]).logits
-        probs[idx] = torch.softmax(logits.double(), dim=-1).numpy()
-    return probs
+    rows = np.arange(len(split))[compute.rank :: compute.world]
+    probs = torch.zeros((len(split), model.config.num_labels), dtype=torch.float64)
+    for idx in length_batches(split.lengths[rows], batch_size):
+        b = to_device(collate(split, rows[idx], pad_id), compute.device)
+        with compute.autocast():
+            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]).logits
+        probs[rows[idx]] = torch.softmax(logits.double(), dim=-1).cpu()
+    return compute.sum(probs).numpy()
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

@@ -167,6 +167,13 @@ class MethodWeights(Section):
         return {name: getattr(self, name) for name in LOSS_NAMES if getattr(self, name) > 0}
 
 
+class ComputeParams(Section):
+    """Device and precision of teacher training, extraction and distillation (evaluate runs on CPU)."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when PyTorch sees a GPU, else CPU
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # bf16/fp16: autocast; fp16 with a gradient scaler
+
+
 class EvaluateParams(Section):
     models: Annotated[list[str], Field(min_length=1)] = ["teacher", "ce", "kd", "at", "kd_at"]
     batch_size: PosInt = 64  # predictions, attention agreement, and the throughput batch
@@ -200,6 +207,7 @@ class Params(Section):
         "at": MethodWeights(ce=1.0, attn_kl=1.0),
         "kd_at": MethodWeights(ce=0.5, kd=0.5, attn_kl=1.0),
     }
+    compute: ComputeParams = ComputeParams()
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, length_batches
 from attnkd.errors import UserError
 from attnkd.io import atomic_write_json, sha256_file
@@ -56,10 +57,12 @@ def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarra
 
 
 @torch.no_grad()
-def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict) -> dict:
+def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict,
+            compute: Compute = CPU) -> dict:
     """Run the teacher once over `split` and write the store into `out_dir` (exists, empty).
 
-    `wanted` maps a tensor kind to the teacher layers to store it for.
+    `wanted` maps a tensor kind to the teacher layers to store it for. The teacher runs on
+    compute.device at compute.precision; what is stored is in `dtype` whatever the precision.
     """
     from attnkd.data import collate
 
@@ -76,10 +79,11 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
         for l in layers
     }
     for idx in tqdm(length_batches(lengths, batch_size), desc="extract", unit="batch"):
-        batch_logits, tensors = online_batch(model, collate(split, idx, pad_id), wanted)
-        logits[idx] = batch_logits.numpy()
+        with compute.autocast():
+            batch_logits, tensors = online_batch(model, to_device(collate(split, idx, pad_id), compute.device), wanted)
+        logits[idx] = batch_logits.cpu().numpy()
         for (kind, l), flat in files.items():
-            x = tensors[(kind, l)].numpy()  # (B, H, T, T) or (B, T, D)
+            x = tensors[(kind, l)].cpu().numpy()  # (B, H, T, T) or (B, T, D)
             for row, i in enumerate(idx):
                 n = lengths[i]
                 part = x[row, :, :n, :n] if kind in SQUARE else x[row, :n]
@@ -216,5 +220,7 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[to
 def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """The teacher's signals for one batch: read from a SignalStore, or from a teacher run now."""
     if isinstance(source, SignalStore):
-        return source.batch(idx, batch["attention_mask"].shape[1], wanted)
+        device = batch["input_ids"].device
+        logits, tensors = source.batch(idx, batch["attention_mask"].shape[1], wanted)
+        return logits.to(device), {k: v.to(device) for k, v in tensors.items()}
     return online_batch(source, batch, wanted)

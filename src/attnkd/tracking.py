@@ -111,6 +111,23 @@ def mlflow_run(stage: str, run_name: str, params: dict, seed: int, run_id: str |
         yield Run(mlflow, active.info.run_id)
 
 
+class NoRun:
+    """What processes other than rank 0 log to: nothing."""
+
+    id = None
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        pass
+
+    def log_artifact(self, path: Path) -> None:
+        pass
+
+
+def stage_run(main: bool, *args, **kwargs):
+    """mlflow_run(*args, **kwargs) in the main process; elsewhere a run that logs nothing."""
+    return mlflow_run(*args, **kwargs) if main else contextlib.nullcontext(NoRun())
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     """Nested dicts to dotted keys (`distill.student.num_layers`); lists and scalars are leaves."""
     out = {}

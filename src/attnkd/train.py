@@ -3,6 +3,11 @@
 Data order is drawn from its own generator seeded by the stage's seed, and fixed for all epochs
 before training starts, so every method of one distillation matrix sees the same batches in the
 same order. The checkpoint with the best validation accuracy is kept (earliest on ties).
+
+With N processes (torchrun), the global batches are those of one process with N times the
+batch size; process r takes every N-th example of each from r. DistributedDataParallel
+averages the gradients, and each process's loss is weighted by its share of the batch, so the
+update equals the one-process update on the whole batch (exactly for per-example losses).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from tqdm import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from attnkd.checkpoint import Checkpoints, rng_state, set_rng_state
+from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches, padded_fraction
 from attnkd.errors import UserError
 from attnkd.metrics import classification_metrics, predict
@@ -37,9 +43,24 @@ class Budget:
     seed: int
 
 
-def epoch_orders(train: Split, budget: Budget) -> list[list[np.ndarray]]:
+def epoch_orders(train: Split, budget: Budget, world: int = 1) -> list[list[np.ndarray]]:
+    """Global batches of batch_size x world examples per epoch (those too small to give every
+    process an example are dropped)."""
     rng = np.random.default_rng(budget.seed)
-    return [length_batches(train.lengths, budget.batch_size, rng) for _ in range(budget.epochs)]
+    orders = [length_batches(train.lengths, budget.batch_size * world, rng) for _ in range(budget.epochs)]
+    return [[b for b in order if len(b) >= world] for order in orders]
+
+
+class Step(torch.nn.Module):
+    """The model and the objective's trainable parts as one module whose forward is a training
+    step's loss, so DistributedDataParallel sees every parameter the step trains."""
+
+    def __init__(self, model: torch.nn.Module, extra: torch.nn.Module | None, step_loss: StepLoss):
+        super().__init__()
+        self.model, self.extra, self.step_loss = model, extra or torch.nn.Module(), step_loss
+
+    def forward(self, batch: dict, idx: np.ndarray):
+        return self.step_loss(self.model, batch, idx)
 
 
 def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
@@ -59,20 +80,24 @@ def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
 
 
 def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str,
-        extra: torch.nn.Module | None = None, ckpt: Checkpoints | None = None, resume: dict | None = None) -> list[dict]:
+        extra: torch.nn.Module | None = None, ckpt: Checkpoints | None = None, resume: dict | None = None,
+        compute: Compute = CPU) -> list[dict]:
     """Train `model` in place, leave it at its best validation epoch; return the per-epoch history.
 
     `extra` holds trainable parts of the objective that are not the model (e.g. projections).
     With `ckpt`, the whole training state is saved every `ckpt.every` steps and at each epoch
-    end; `resume` (a state `ckpt.load()` returned) continues from one, with the same result as
-    a run that was never interrupted.
+    end (by the main process); `resume` (a state `ckpt.load()` returned) continues from one,
+    with the same result as a run that was never interrupted (bit for bit with one process).
+    `compute` sets the device, mixed precision and the processes sharing each batch.
     """
-    orders = epoch_orders(train, budget)
+    orders = epoch_orders(train, budget, compute.world)
     total = sum(len(o) for o in orders)
     if budget.max_steps:
         total = min(total, budget.max_steps)
-    trainable = torch.nn.ModuleList([model, extra or torch.nn.Module()])
+    stepper = Step(model, extra, step_loss).to(compute.device)
+    trainable = torch.nn.ModuleList([model, stepper.extra])
     opt, sched = make_optimizer(trainable, budget, total)
+    scaler = compute.scaler()
     history, best, best_state, step = [], -1.0, None, 0
     sums: dict[str, float] = {}
     n_steps = 0
@@ -83,8 +108,12 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
         history, best, best_state, step = resume["history"], resume["best"], resume["best_state"], resume["step"]
         sums, n_steps = resume["epoch_sums"], resume["epoch_steps"]
         set_rng_state(resume["rng"])
+    if compute.distributed:  # after loading any checkpoint: DDP broadcasts rank 0's weights
+        stepper = torch.nn.parallel.DistributedDataParallel(stepper, find_unused_parameters=True)
 
     def save() -> None:
+        if not compute.main:
+            return
         ckpt.save({
             "step": step, "epoch_sums": sums, "epoch_steps": n_steps, "history": history, "best": best, "best_state": best_state,
             "model": trainable.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(), "run_id": run.id,
@@ -96,27 +125,35 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
         if epoch <= len(history):  # finished and evaluated before the resume
             continue
         model.train()
-        bar = tqdm(order[done:], desc=f"{desc} epoch {epoch}/{budget.epochs}", unit="batch", mininterval=2.0)
+        bar = tqdm(order[done:], desc=f"{desc} epoch {epoch}/{budget.epochs}", unit="batch", mininterval=2.0, disable=not compute.main)
         for idx in bar:
             if step >= total:
                 break
-            loss, terms = step_loss(model, collate(train, idx, pad_id), idx)
+            local = compute.shard(idx)
+            with compute.autocast():
+                loss, terms = stepper(to_device(collate(train, local, pad_id), compute.device), local)
             check_finite(loss, terms, step)
-            loss.backward()
+            share = len(local) * compute.world / len(idx)  # DDP averages processes: weight each by its examples
+            scaler.scale(loss * share if compute.distributed else loss).backward()
+            scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             opt.zero_grad(set_to_none=True)
             step += 1
             n_steps += 1
-            values = {"loss": loss.item()} | {k: v.item() for k, v in terms.items()}
+            names = ["loss", *terms]
+            local_values = torch.tensor([loss.item(), *(v.item() for v in terms.values())], dtype=torch.float64)
+            reduced = compute.sum(local_values * len(local)) / len(idx)  # example-weighted mean over the global batch
+            values = dict(zip(names, reduced.tolist()))
             for k, v in values.items():
                 sums[k] = sums.get(k, 0.0) + v
             run.log_metrics({f"train/{k}": v for k, v in values.items()} | {"train/lr": sched.get_last_lr()[0]}, step)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
             if ckpt and ckpt.every and step % ckpt.every == 0:
                 save()
-        metrics = classification_metrics(val.labels, predict(model, val, budget.eval_batch_size, pad_id))
+        metrics = classification_metrics(val.labels, predict(model, val, budget.eval_batch_size, pad_id, compute))
         run.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
         row = {"epoch": epoch, "steps": n_steps, "padded_fraction": padded_fraction(train.lengths, order)}
         row |= {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()} | {f"val_{k}": v for k, v in metrics.items()}
