@@ -20,7 +20,7 @@ from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from attnkd.metrics import attention_agreement, calibration_error, classification_metrics, confusion, efficiency, per_class, predict
 from attnkd.models import count_parameters, load_classifier, load_tokenizer, weights_file
-from attnkd.stage import parser, setup, student_name
+from attnkd.stage import model_groups, parser, setup
 
 
 def quality(labels: np.ndarray, probs: np.ndarray, names: list[str], bins: int) -> dict:
@@ -54,20 +54,19 @@ def main() -> None:
     meta = data.load_meta(args.prepared)
     names = meta["label_names"]
     test = data.load_split(args.prepared, "test")
-    dirs = {"teacher": args.teacher}
-    for method in [m for m in ep.models if m != "teacher"]:
-        for seed in params.student_seeds:
-            dirs[student_name(method, seed)] = args.students / student_name(method, seed)
+    names_per_method = model_groups(ep.models, params.student_seeds).values()
+    dirs = {n: args.teacher if n == "teacher" else args.students / n for group in names_per_method for n in group}
     for name, d in dirs.items():
         if not d.is_dir():
             raise UserError(f"{d}: no such model dir; evaluate.models and student_seeds name {name} (train it with `dvc repro`)")
     models = {name: load_classifier(d) for name, d in dirs.items()}
+    records = {name: read_json(d / "attnkd.json") if (d / "attnkd.json").is_file() else {} for name, d in dirs.items()}
     pad_id = load_tokenizer(args.teacher).pad_token_id
 
     results, predictions = {}, {}
     for name, model in models.items():
         probs = predict(model, test, ep.batch_size, pad_id)  # (N, C)
-        record = read_json(dirs[name] / "attnkd.json") if (dirs[name] / "attnkd.json").is_file() else {}
+        record = records[name]
         results[name] = {"model": name, "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
                          **quality(test.labels, probs, names, ep.calibration_bins),
                          "params": count_parameters(model), "size_mb": round(weights_file(dirs[name]).stat().st_size / 1e6, 3),
@@ -75,7 +74,7 @@ def main() -> None:
         predictions[name] = predictions_csv(test.labels, probs, names)
         print(f"evaluate {name}: accuracy {results[name]['accuracy']:.4f}")
 
-    students = {n: (m, [tuple(p) for p in read_json(dirs[n] / "attnkd.json")["layer_pairs"]]) for n, m in models.items() if n != "teacher"}
+    students = {n: (m, [tuple(p) for p in records[n]["layer_pairs"]]) for n, m in models.items() if n != "teacher"}
     for name, layers in attention_agreement(models["teacher"], students, test, ep.batch_size, pad_id).items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
 

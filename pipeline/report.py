@@ -18,9 +18,9 @@ import torch
 from attnkd import data, figures
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from attnkd.models import load_classifier, load_tokenizer
+from attnkd.models import forward, load_classifier, load_tokenizer
 from attnkd.reporting import BASELINE, TEST_NAME, Document, agreement_table, data_note, data_table, efficiency_table, per_class_table, quality_table, seed_table, summarize
-from attnkd.stage import parser, setup, student_name
+from attnkd.stage import model_groups, parser, setup, student_name
 from attnkd.tracking import mlflow_run
 
 
@@ -41,8 +41,7 @@ def heatmap_examples(lengths: np.ndarray, k: int, min_tokens: int = 8) -> list[i
 def head_averaged(model, split: data.Split, i: int, pad_id: int) -> list[np.ndarray]:
     """Per layer, the head-averaged attention (T, T) of one example run alone (no padding)."""
     b = data.collate(split, np.array([i]), pad_id)
-    out = model.eval()(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"], output_attentions=True)
-    return [a[0].mean(0).numpy() for a in out.attentions]
+    return [a[0].mean(0).numpy() for a in forward(model.eval(), b, output_attentions=True).attentions]
 
 
 def main() -> None:
@@ -63,7 +62,7 @@ def main() -> None:
     if "teacher" not in params.evaluate.models:
         raise UserError(f"{args.params}: evaluate.models: the report compares against the teacher; include 'teacher'")
     methods = [m for m in params.evaluate.models if m != "teacher"]
-    groups = {"teacher": ["teacher"]} | {m: [student_name(m, s) for s in params.student_seeds] for m in methods}
+    groups = model_groups(["teacher", *methods], params.student_seeds)
     names = [n for models in groups.values() for n in models]
     results = {n: read_json(args.metrics_dir / f"{n}.json") for n in names}
     correct = {}
@@ -77,7 +76,7 @@ def main() -> None:
     points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], "accuracy": results[n]["accuracy"]}
                            for m, models in groups.items() for n in models])
     images = {"curves.png": figures.training_curves(curves, methods), "accuracy_latency.png": figures.accuracy_vs_latency(points, methods)}
-    heatmaps = attention_figures(args, params, methods, rp.heatmap_examples, rp.heatmap_tokens)
+    heatmaps = attention_figures(args, params, meta["label_names"], methods, rp.heatmap_examples, rp.heatmap_tokens)
     images |= heatmaps
 
     doc = Document(rp.title)
@@ -93,7 +92,7 @@ def main() -> None:
            f"(the same seed gives both students the same initialisation and data order).")
     )
     doc.heading("Efficiency")
-    doc.table(efficiency_table(summary, digits))
+    doc.table(efficiency_table(summary))
     doc.para(f"All models measured in one process on the same test examples, one CPU thread, repeats round-robin over the models: "
              f"latency is the median batch-1 forward time over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
              f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
@@ -141,7 +140,7 @@ def main() -> None:
     print(f"report: {len(names)} models, {len(methods)} methods x {len(params.student_seeds)} seeds -> {args.out}, {args.out.with_suffix('.html')}")
 
 
-def attention_figures(args, params, methods: list[str], k: int, max_tokens: int) -> dict[str, bytes]:
+def attention_figures(args, params, label_names: list[str], methods: list[str], k: int, max_tokens: int) -> dict[str, bytes]:
     """One heatmap figure per chosen test example: the teacher and each method's first-seed student."""
     if k == 0 or not methods:
         return {}
@@ -157,8 +156,8 @@ def attention_figures(args, params, methods: list[str], k: int, max_tokens: int)
             layers = head_averaged(model, test, i, tokenizer.pad_token_id)
             maps[name] = {pair: layers[(pair[0] if name == "teacher" else pair[1]) - 1] for pair in pairs}
         tokens = tokenizer.convert_ids_to_tokens([int(t) for t in test.input_ids[i][:max_tokens]])
-        label = data.load_meta(args.prepared)["label_names"][test.labels[i]]
-        out[f"attention_{i}.png"] = figures.attention_heatmaps(maps, tokens, f"test example {i} (label: {label}), {len(test.input_ids[i])} tokens")
+        title = f"test example {i} (label: {label_names[test.labels[i]]}), {len(test.input_ids[i])} tokens"
+        out[f"attention_{i}.png"] = figures.attention_heatmaps(maps, tokens, title)
     return out
 
 

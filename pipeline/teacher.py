@@ -14,7 +14,7 @@ from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.errors import run_stage
 from attnkd.losses import ce_loss
-from attnkd.models import load_classifier, load_tokenizer, resolve_init
+from attnkd.models import forward, load_classifier, load_tokenizer, resolve_init
 from attnkd.stage import parser, save_trained, setup
 from attnkd.compute import finish, start
 from attnkd.tracking import stage_run
@@ -40,7 +40,7 @@ def main() -> None:
     budget = Budget(tp.epochs, tp.batch_size, tp.learning_rate, tp.weight_decay, tp.warmup_ratio, tp.max_steps, tp.eval_batch_size, params.seed)
 
     def step_loss(model, batch, idx):
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"])
+        out = forward(model, batch)
         loss = ce_loss(out.logits, batch["labels"])
         return loss, {"ce": loss}
 

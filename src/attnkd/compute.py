@@ -84,8 +84,6 @@ def start(device: str, precision: str) -> Compute:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     dev = resolve_device(device, local_rank)
-    if precision == "fp16" and dev.type == "cpu" and not torch.amp.autocast_mode.is_autocast_available("cpu"):
-        raise UserError("compute.precision: fp16 autocast is not available on this CPU build of PyTorch (use bf16 or fp32)")
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches
+from attnkd.models import forward
 
 
 @torch.no_grad()
@@ -23,7 +24,7 @@ def predict(model, split: Split, batch_size: int, pad_id: int, compute: Compute 
     for idx in length_batches(split.lengths[rows], batch_size):
         b = to_device(collate(split, rows[idx], pad_id), compute.device)
         with compute.autocast():
-            logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"]).logits
+            logits = forward(model, b).logits
         probs[rows[idx]] = torch.softmax(logits.double(), dim=-1).cpu()
     return compute.sum(probs).numpy()
 
@@ -67,15 +68,11 @@ def confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list
     return confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist()
 
 
-def _forward(model, b: dict[str, torch.Tensor]):
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"])
-
-
 def _seconds(model, batches: list[dict[str, torch.Tensor]]) -> list[float]:
     times = []
     for b in batches:
         t0 = time.perf_counter()
-        _forward(model, b)
+        forward(model, b)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -120,16 +117,17 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
     head with equal head counts, else head-averaged maps), non-padding query tokens and examples.
     Keys are `t<teacher_layer>-s<student_layer>`."""
     teacher.eval()
+    for model, _ in students.values():
+        model.eval()
     sums = {name: {} for name in students}
     count = 0
     for idx in length_batches(split.lengths, batch_size):
         b = collate(split, idx, pad_id)
         rows = b["attention_mask"].bool()  # (B, T) real query tokens
         count += int(rows.sum())
-        att_t = _forward_attn(teacher, b)
+        att_t = forward(teacher, b, output_attentions=True).attentions
         for name, (model, pairs) in students.items():
-            model.eval()
-            att_s = _forward_attn(model, b)
+            att_s = forward(model, b, output_attentions=True).attentions
             for t_layer, s_layer in pairs:
                 a_s, a_t = att_s[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
                 if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
@@ -139,6 +137,3 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
                 sums[name][key] = sums[name].get(key, 0.0) + float(js[rows].sum())
     return {name: {k: v / count for k, v in layers.items()} for name, layers in sums.items()}
 
-
-def _forward_attn(model, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, ...]:
-    return model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], token_type_ids=b["token_type_ids"], output_attentions=True).attentions

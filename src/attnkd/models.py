@@ -128,6 +128,12 @@ def build_student(teacher: BertForSequenceClassification, sp: StudentParams, lay
     return student
 
 
+def forward(model, batch: dict[str, torch.Tensor], **kwargs):
+    """The model on a collated batch: ids, padding mask and segment ids (labels are not passed,
+    so no loss is computed); kwargs such as output_attentions go to the model."""
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"], **kwargs)
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

@@ -12,7 +12,7 @@ import torch
 
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES, NEEDS
-from attnkd.models import capture
+from attnkd.models import capture, forward
 from attnkd.params import DistillParams
 
 Pairs = list[tuple[int, int]]
@@ -72,10 +72,7 @@ class Objective(torch.nn.Module):
         mask = batch["attention_mask"]  # (B, T)
         s_layers = [s for _, s in self.pairs]
         with capture(student, s_layers if self.needs_capture else [], scores=self.needs_scores) as cap:
-            out = student(
-                input_ids=batch["input_ids"], attention_mask=mask, token_type_ids=batch["token_type_ids"],
-                output_attentions=self.needs_attn, output_hidden_states=self.needs_hidden,
-            )
+            out = forward(student, batch, output_attentions=self.needs_attn, output_hidden_states=self.needs_hidden)
         terms: dict[str, torch.Tensor] = {}
         for loss in self.weights:
             if loss == "ce":

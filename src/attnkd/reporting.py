@@ -89,7 +89,7 @@ def quality_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def efficiency_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+def efficiency_table(summary: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(
         {
             "model": name,

@@ -205,14 +205,11 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[to
 
     Padded positions hold whatever the teacher computed there; every loss masks them.
     """
-    from attnkd.models import capture
+    from attnkd.models import capture, forward
 
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
-        out = teacher(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], token_type_ids=batch["token_type_ids"],
-            output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted,
-        )
+        out = forward(teacher, batch, output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted)
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
     return out.logits.float(), tensors
 

@@ -39,8 +39,10 @@ def student_name(method: str, seed: int) -> str:
     return f"{method}-s{seed}"
 
 
-def student_names(methods: list[str], seeds: list[int]) -> list[str]:
-    return [student_name(m, s) for m in methods for s in seeds]
+def model_groups(models: list[str], seeds: list[int]) -> dict[str, list[str]]:
+    """evaluate.models as model names per method, seeds in order: the teacher is one model, a
+    method one student per seed (`{"teacher": ["teacher"], "ce": ["ce-s42", ...], ...}`)."""
+    return {m: ["teacher"] if m == "teacher" else [student_name(m, s) for s in seeds] for m in models}
 
 
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:

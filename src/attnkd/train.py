@@ -134,7 +134,7 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
                 loss, terms = stepper(to_device(collate(train, local, pad_id), compute.device), local)
             check_finite(loss, terms, step)
             share = len(local) * compute.world / len(idx)  # DDP averages processes: weight each by its examples
-            scaler.scale(loss * share if compute.distributed else loss).backward()
+            scaler.scale(loss * share).backward()  # share is 1.0 with one process: the same gradient bit for bit
             scaler.unscale_(opt)
             torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
             scaler.step(opt)
