@@ -2,8 +2,9 @@
 
 By default the teacher is never run: its signals come from the store written by extract
 (distill.signals: store); distill.signals: online runs the teacher on every batch instead.
-The matrix is methods x student_seeds. For one seed, every method builds the same student and
-sees the same batches in the same order, so methods differ only in their loss weights.
+The matrix is distill.students x methods x student_seeds. For one student and seed, every
+method builds the same initial student and sees the same batches in the same order, so methods
+differ only in their loss weights.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def make_step_loss(source: SignalStore | torch.nn.Module, objective: Objective, 
 
 def main() -> None:
     p = parser(__doc__)
+    p.add_argument("--student", required=True, help="a name in distill.students (its architecture: students.<name>)")
     p.add_argument("--method", required=True, help="a key of `methods` in params")
     p.add_argument("--seed", type=int, required=True, help="student seed (initialisation and data order), one of student_seeds")
     p.add_argument("--prepared", type=Path, required=True)
@@ -54,18 +56,21 @@ def main() -> None:
     compute = start(params.compute.device, params.compute.precision)
     if args.method not in params.methods:
         raise UserError(f"{args.params}: methods.{args.method}: no such method (have {', '.join(params.methods)})")
+    if args.student not in params.distill.students:
+        raise UserError(f"{args.params}: distill.students: {args.student!r} is not listed (have {params.distill.students})")
     if args.seed not in params.student_seeds:
         raise UserError(f"{args.params}: student_seeds: {args.seed} is not listed (have {params.student_seeds})")
     seed_everything(args.seed)
     weights = params.methods[args.method].weights()
-    name = student_name(args.method, args.seed)
+    sp = params.students[args.student]
+    name = student_name(args.student, args.method, args.seed)
 
     meta = data.load_meta(args.prepared)
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
     teacher = load_classifier(args.teacher)
     tokenizer = load_tokenizer(args.teacher)
-    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
-    check_compatible(weights, dp, teacher.config.num_attention_heads)
+    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, sp.num_layers)
+    check_compatible(weights, dp, sp, teacher.config.num_attention_heads)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     teacher_sha256 = sha256_file(weights_file(args.teacher))
     if dp.signals == "store":
@@ -76,17 +81,18 @@ def main() -> None:
     else:
         source = teacher.eval().to(compute.device)
 
-    student = build_student(teacher, dp.student, pairs, args.seed)
-    objective = Objective(weights, pairs, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
+    student = build_student(teacher, sp, pairs, args.seed)
+    objective = Objective(weights, pairs, dp, sp, teacher.config.hidden_size, teacher.config.num_attention_heads)
     del teacher  # in store mode only its weights for initialisation were needed
     budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, args.seed)
-    record = {"seed": args.seed, "method": args.method, "weights": weights, "distill": dp.model_dump(), "layer_pairs": pairs}
+    record = {"seed": args.seed, "student": args.student, "method": args.method, "weights": weights, "architecture": sp.model_dump(),
+              "distill": dp.model_dump(), "layer_pairs": pairs}
 
     inputs = {"prepared": meta["splits"], "teacher_sha256": teacher_sha256}
     ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
     resume = ckpt.load()
     logged = record | {"compute": compute.describe(dp.batch_size, dp.learning_rate)}
-    with stage_run(compute.main, f"distill@{args.method}-{args.seed}", f"distill-{name}", logged, args.seed, resume and resume["run_id"]) as run:
+    with stage_run(compute.main, f"distill@{args.student}-{args.method}-{args.seed}", f"distill-{name}", logged, args.seed, resume and resume["run_id"]) as run:
         history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {name}",
                       extra=objective, ckpt=ckpt, resume=resume, compute=compute)
         if compute.main:

@@ -44,7 +44,7 @@ def main() -> None:
     p = parser(__doc__)
     p.add_argument("--prepared", type=Path, required=True)
     p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
-    p.add_argument("--students", type=Path, required=True, help="dir of the student model dirs (<method>-s<seed>)")
+    p.add_argument("--students", type=Path, required=True, help="dir of the student model dirs (<student>-<method>-s<seed>)")
     p.add_argument("--metrics-dir", type=Path, required=True, help="one metrics JSON per model")
     p.add_argument("--predictions-dir", type=Path, required=True, help="one predictions CSV per model")
     args = p.parse_args()
@@ -54,11 +54,11 @@ def main() -> None:
     meta = data.load_meta(args.prepared)
     names = meta["label_names"]
     test = data.load_split(args.prepared, "test")
-    names_per_method = model_groups(ep.models, params.student_seeds).values()
+    names_per_method = model_groups(params.distill.students, ep.models, params.student_seeds).values()
     dirs = {n: args.teacher if n == "teacher" else args.students / n for group in names_per_method for n in group}
     for name, d in dirs.items():
         if not d.is_dir():
-            raise UserError(f"{d}: no such model dir; evaluate.models and student_seeds name {name} (train it with `dvc repro`)")
+            raise UserError(f"{d}: no such model dir; distill.students, evaluate.models and student_seeds name {name} (train it with `dvc repro`)")
     models = {name: load_classifier(d) for name, d in dirs.items()}
     records = {name: read_json(d / "attnkd.json") if (d / "attnkd.json").is_file() else {} for name, d in dirs.items()}
     pad_id = load_tokenizer(args.teacher).pad_token_id
@@ -67,7 +67,7 @@ def main() -> None:
     for name, model in models.items():
         probs = predict(model, test, ep.batch_size, pad_id)  # (N, C)
         record = records[name]
-        results[name] = {"model": name, "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
+        results[name] = {"model": name, "student": record.get("student", "teacher"), "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
                          **quality(test.labels, probs, names, ep.calibration_bins),
                          "params": count_parameters(model), "size_mb": round(weights_file(dirs[name]).stat().st_size / 1e6, 3),
                          "test_examples": len(test)}

@@ -1,6 +1,7 @@
 """Stage extract: run the teacher once over the training split and store its signals.
 
-Stores soft logits and, for the teacher layers the distil layer map pairs with student layers,
+Stores soft logits and, for the teacher layers the distil layer map pairs with a student layer
+(of any student in distill.students),
 exactly the tensors the configured methods' losses read (attention probabilities or scores,
 Q/K/V projections, hidden states), ragged and in extract.dtype, with a verifying manifest.
 """
@@ -34,8 +35,9 @@ def main() -> None:
     train = data.load_split(args.prepared, "train")
     model = load_classifier(args.teacher).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
-    pairs = resolve_layer_map(params.distill.layer_map, model.config.num_hidden_layers, params.distill.student.num_layers)
-    # what every configured method's losses read, for the mapped teacher layers only
+    layers = model.config.num_hidden_layers
+    pairs = sorted({p for name in params.distill.students for p in resolve_layer_map(params.distill.layer_map, layers, params.students[name].num_layers)})
+    # what every configured method's losses read, for the teacher layers some student's map pairs
     wanted = wanted_tensors([m.weights() for m in params.methods.values()], pairs, params.distill.attn_mse_on)
     describe = {
         "split": "train",

@@ -20,7 +20,7 @@ from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from attnkd.models import forward, load_classifier, load_tokenizer
 from attnkd.reporting import BASELINE, TEST_NAME, Document, agreement_table, data_note, data_table, efficiency_table, per_class_table, quality_table, seed_table, summarize
-from attnkd.stage import model_groups, parser, setup, student_name
+from attnkd.stage import baseline_of, model_groups, parser, setup
 from attnkd.tracking import mlflow_run
 
 
@@ -62,21 +62,23 @@ def main() -> None:
     if "teacher" not in params.evaluate.models:
         raise UserError(f"{args.params}: evaluate.models: the report compares against the teacher; include 'teacher'")
     methods = [m for m in params.evaluate.models if m != "teacher"]
-    groups = model_groups(["teacher", *methods], params.student_seeds)
+    students = params.distill.students
+    groups = model_groups(students, ["teacher", *methods], params.student_seeds)
+    rows = [g for g in groups if g != "teacher"]  # a method, or "<student> <method>" with several students
     names = [n for models in groups.values() for n in models]
     results = {n: read_json(args.metrics_dir / f"{n}.json") for n in names}
     correct = {}
     for n in names:
         pred = read_frame(args.predictions_dir / f"{n}.csv", usecols=["actual", "predicted"])
         correct[n] = (pred["actual"] == pred["predicted"]).to_numpy(dtype=np.int8)
-    summary = summarize(results, correct, groups, rp.bootstrap_samples)
+    summary = summarize(results, correct, groups, rp.bootstrap_samples, {r: baseline_of(students, r) for r in rows})
 
     meta, data_report = data.load_meta(args.prepared), read_json(args.data_report)
     curves = {m: [read_frame(args.curves_dir / f"{n}.tsv", sep="\t") for n in models] for m, models in groups.items()}
     points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], "accuracy": results[n]["accuracy"]}
                            for m, models in groups.items() for n in models])
-    images = {"curves.png": figures.training_curves(curves, methods), "accuracy_latency.png": figures.accuracy_vs_latency(points, methods)}
-    heatmaps = attention_figures(args, params, meta["label_names"], methods, rp.heatmap_examples, rp.heatmap_tokens)
+    images = {"curves.png": figures.training_curves(curves, rows), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows)}
+    heatmaps = attention_figures(args, params, meta["label_names"], {r: groups[r][0] for r in rows}, rp.heatmap_examples, rp.heatmap_tokens)
     images |= heatmaps
 
     doc = Document(rp.title)
@@ -88,7 +90,7 @@ def main() -> None:
         f"the teacher is one model (seed {params.seed}). ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. "
         + ("One seed per method: the report cannot judge significance (seed-to-seed variation is unknown); list 3 or more `student_seeds`."
            if one_seed else
-           f"Δ and p against the `{BASELINE}` student: {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "
+           f"Δ and p against the `{BASELINE}` student (the same student architecture trained with `{BASELINE}` alone): {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "
            f"(the same seed gives both students the same initialisation and data order).")
     )
     doc.heading("Efficiency")
@@ -117,14 +119,15 @@ def main() -> None:
     doc.heading("Data")
     doc.table(data_table(data_report))
     doc.para(data_note(data_report))
-    student = params.distill.student
     splits = ", ".join(f"{k} {v['examples']}" for k, v in meta["splits"].items())
     doc.heading("Setup")
     doc.bullets([
         f"data: {meta['source']}, {len(meta['label_names'])} classes ({', '.join(meta['label_names'])}); "
         f"splits: {splits}; max length {meta['max_length']} tokens",
-        f"student: {student.num_layers} layers, hidden {student.hidden_size}, {student.num_heads} heads, init `{student.init}`; "
-        f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs",
+        *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
+          f"init `{sp.init}`" for name, sp in ((n, params.students[n]) for n in students)),
+        f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
+        f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
         *(f"`{m}`: " + ", ".join(f"{k} {v:g}" for k, v in params.methods[m].weights().items()) for m in methods),
     ])
@@ -137,18 +140,19 @@ def main() -> None:
     atomic_write_text(args.out, doc.markdown())
     atomic_write_json(args.summary, summary)
     log_summary_run(params, summary, [args.out, args.out.with_suffix(".html"), args.summary, args.points], args.out.parent / "figures")
-    print(f"report: {len(names)} models, {len(methods)} methods x {len(params.student_seeds)} seeds -> {args.out}, {args.out.with_suffix('.html')}")
+    print(f"report: {len(names)} models, {len(students)} student(s) x {len(methods)} methods x {len(params.student_seeds)} seeds -> {args.out}, {args.out.with_suffix('.html')}")
 
 
-def attention_figures(args, params, label_names: list[str], methods: list[str], k: int, max_tokens: int) -> dict[str, bytes]:
-    """One heatmap figure per chosen test example: the teacher and each method's first-seed student."""
-    if k == 0 or not methods:
+def attention_figures(args, params, label_names: list[str], first: dict[str, str], k: int, max_tokens: int) -> dict[str, bytes]:
+    """One heatmap figure per chosen test example: the teacher and each row's first-seed student
+    (`first`: row -> model name), for the rows whose layer map is the first row's."""
+    if k == 0 or not first:
         return {}
     test = data.load_split(args.prepared, "test")
     tokenizer = load_tokenizer(args.teacher)
-    first = {m: args.students / student_name(m, params.student_seeds[0]) for m in methods}
-    pairs = [tuple(p) for p in read_json(first[methods[0]] / "attnkd.json")["layer_pairs"]]
-    models = {"teacher": load_classifier(args.teacher)} | {m: load_classifier(d) for m, d in first.items()}
+    pairs_of = {row: [tuple(p) for p in read_json(args.students / name / "attnkd.json")["layer_pairs"]] for row, name in first.items()}
+    pairs = next(iter(pairs_of.values()))
+    models = {"teacher": load_classifier(args.teacher)} | {row: load_classifier(args.students / name) for row, name in first.items() if pairs_of[row] == pairs}
     out = {}
     for i in heatmap_examples(test.lengths, k):
         maps = {}
@@ -163,13 +167,14 @@ def attention_figures(args, params, label_names: list[str], methods: list[str], 
 
 def log_summary_run(params, summary: dict, files: list[Path], figures_dir: Path) -> None:
     """A summary run in MLflow: per-method means as metrics, the report and its figures as artifacts."""
-    record = {"seed": params.seed, "student_seeds": params.student_seeds, "methods": {m: w.weights() for m, w in params.methods.items()}}
+    record = {"seed": params.seed, "student_seeds": params.student_seeds, "students": {n: params.students[n].model_dump() for n in params.distill.students}, "methods": {m: w.weights() for m, w in params.methods.items()}}
     with mlflow_run("report", "report", record, params.seed) as run:
         metrics = {}
-        for method, s in summary.items():
-            metrics |= {f"{method}/accuracy_mean": s["accuracy"]["mean"], f"{method}/speed_up": s["speed_up"]}
+        for row, s in summary.items():
+            key = row.replace(" ", "/")
+            metrics |= {f"{key}/accuracy_mean": s["accuracy"]["mean"], f"{key}/speed_up": s["speed_up"]}
             if "vs_ce" in s:
-                metrics[f"{method}/p_vs_ce"] = s["vs_ce"]["p_value"]
+                metrics[f"{key}/p_vs_ce"] = s["vs_ce"]["p_value"]
         run.log_metrics(metrics, 0)
         for path in files:
             run.log_artifact(path)

@@ -45,7 +45,7 @@ def tiny_params(model_dir: Path, **overrides) -> dict:
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["data"] |= {"max_length": 32, "limit_per_class": 12, "val_fraction": 0.2, "test_fraction": 0.2}
     params["teacher"] |= {"init": str(model_dir), "epochs": 1, "batch_size": 8, "learning_rate": 1.0e-3}
-    params["distill"]["student"] |= {"num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "embeddings"}
+    params["students"]["small"] |= {"num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "embeddings"}
     params["distill"] |= {"epochs": 1, "batch_size": 8}
     params["student_seeds"] = [1, 2]
     params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1, "throughput_examples": 8}
@@ -107,7 +107,7 @@ def tiny_repo(tmp_path_factory, tiny_model_dir):
 
 
 def run_pipeline(root: Path, params: Path) -> None:
-    """Every stage's entry script in order, in-process, for the models in evaluate.models and every student seed."""
+    """Every stage's entry script in order, in-process, for every student, method in evaluate.models and student seed."""
     doc = yaml.safe_load(params.read_text())
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -117,10 +117,13 @@ def run_pipeline(root: Path, params: Path) -> None:
         assert run_script("prepare", *p, "--out", prepared, "--report", root / "data.json") == 0
         assert run_script("teacher", *p, "--prepared", prepared, "--out", teacher, "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
         assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--out", root / "signals") == 0
-        for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
-            for seed in doc["student_seeds"]:
-                assert run_script("distill", *p, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher, "--signal-store", root / "signals",
-                                  "--out", root / f"students/{m}-s{seed}", "--metrics", root / f"train/{m}-s{seed}.json", "--curve", root / f"curves/{m}-s{seed}.tsv") == 0
+        for student in doc["distill"]["students"]:
+            for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
+                for seed in doc["student_seeds"]:
+                    name = f"{student}-{m}-s{seed}"
+                    assert run_script("distill", *p, "--student", student, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher,
+                                      "--signal-store", root / "signals", "--out", root / f"students/{name}", "--metrics", root / f"train/{name}.json",
+                                      "--curve", root / f"curves/{name}.tsv") == 0
         assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",
                           "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions") == 0
         assert run_script("report", *p, "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--curves-dir", root / "curves",

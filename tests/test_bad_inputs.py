@@ -52,7 +52,7 @@ def extract(p, prepared, teacher_dir, tmp):
 
 
 def distill(p, prepared, teacher_dir, signals, tmp, method="ce"):
-    return ["distill", "--params", p, "--method", method, "--seed", 1, "--prepared", prepared, "--teacher", teacher_dir, "--signal-store", signals,
+    return ["distill", "--params", p, "--student", "small", "--method", method, "--seed", 1, "--prepared", prepared, "--teacher", teacher_dir, "--signal-store", signals,
             "--out", tmp / "out-student", "--metrics", tmp / "out-s.json", "--curve", tmp / "out-s.tsv"]
 
 
@@ -257,13 +257,13 @@ def bad_teacher_weights_altered(chain, tmp):
 
 def bad_student_weights_missing(chain, tmp):
     students = copy(chain, tmp, "students")
-    (students / "ce-s2/model.safetensors").unlink()
-    return evaluate(chain / "params.yaml", students, chain, tmp), r"ce-s2/model.safetensors: listed in attnkd.json but missing"
+    (students / "small-ce-s2/model.safetensors").unlink()
+    return evaluate(chain / "params.yaml", students, chain, tmp), r"small-ce-s2/model.safetensors: listed in attnkd.json but missing"
 
 
 def bad_student_seed_not_trained(chain, tmp):
     p = params(chain, tmp, {"student_seeds": [1, 2, 3]})
-    return evaluate(p, chain / "students", chain, tmp), r"ce-s3: no such model dir; evaluate.models and student_seeds name ce-s3"
+    return evaluate(p, chain / "students", chain, tmp), r"small-ce-s3: no such model dir; distill.students, evaluate.models and student_seeds name small-ce-s3"
 
 
 def bad_params_repeated_seed(chain, tmp):
@@ -271,10 +271,20 @@ def bad_params_repeated_seed(chain, tmp):
     return distill(p, chain / "prepared", chain / "models/teacher", chain / "signals", tmp), r"params.yaml: student_seeds: \[1, 1\] repeats a seed"
 
 
+def bad_params_unknown_student(chain, tmp):
+    p = params(chain, tmp, {"distill": {"students": ["small", "big"]}})
+    return distill(p, chain / "prepared", chain / "models/teacher", chain / "signals", tmp), r"params.yaml: \(top level\): distill.students names 'big', which is not a key of students \(small\)"
+
+
+def bad_params_narrow_student_copying_teacher_layers(chain, tmp):
+    p = params(chain, tmp, {"students": {"small": {"hidden_size": 16, "init": "teacher"}}})
+    return distill(p, chain / "prepared", chain / "models/teacher", chain / "signals", tmp), r"students: init 'teacher' copies teacher layers and needs hidden_size == 32 \(got 16\)"
+
+
 def bad_predictions_missing(chain, tmp):
     predictions = copy(chain, tmp, "predictions")
-    (predictions / "ce-s1.csv").unlink()
-    return report(chain / "params.yaml", chain / "metrics", chain, tmp, predictions), r"ce-s1.csv: file not found"
+    (predictions / "small-ce-s1.csv").unlink()
+    return report(chain / "params.yaml", chain / "metrics", chain, tmp, predictions), r"small-ce-s1.csv: file not found"
 
 
 def bad_signals_truncated(chain, tmp):
@@ -300,8 +310,8 @@ def bad_signals_from_another_teacher(chain, tmp):
 
 def bad_metrics_corrupt(chain, tmp):
     metrics = copy(chain, tmp, "metrics")
-    (metrics / "ce-s1.json").write_text("{not json")
-    return report(chain / "params.yaml", metrics, chain, tmp), r"ce-s1.json: not valid JSON"
+    (metrics / "small-ce-s1.json").write_text("{not json")
+    return report(chain / "params.yaml", metrics, chain, tmp), r"small-ce-s1.json: not valid JSON"
 
 
 def bad_non_finite_loss(chain, tmp):
@@ -314,7 +324,7 @@ CASES = [data_case(b) for b in DATA_CASES] + [
     bad_params_not_yaml, bad_params_unknown_method, bad_teacher_init_missing, bad_teacher_init_not_a_model, bad_report_without_teacher,
     bad_prepared_split_missing, bad_prepared_split_altered, bad_prepared_meta_corrupt, bad_teacher_weights_altered,
     bad_student_weights_missing, bad_signals_truncated, bad_signals_manifest_missing, bad_signals_from_another_teacher,
-    bad_metrics_corrupt, bad_non_finite_loss, bad_student_seed_not_trained, bad_params_repeated_seed, bad_predictions_missing,
+    bad_metrics_corrupt, bad_non_finite_loss, bad_student_seed_not_trained, bad_params_repeated_seed, bad_params_unknown_student, bad_params_narrow_student_copying_teacher_layers, bad_predictions_missing,
 ]
 
 

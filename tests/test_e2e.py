@@ -24,12 +24,12 @@ def repo(tiny_repo):
 
 
 METHODS = ["ce", "kd", "at", "kd_at"]
-STUDENTS = [f"{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny params: student_seeds [1, 2]
+STUDENTS = [f"small-{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny params: student_seeds [1, 2]
 
 
 def test_repro_builds_every_artifact(repo):
     root, _, log = repo
-    for stage in ["prepare", "teacher", "extract", *[f"distill@{m}-{seed}" for m in METHODS for seed in (1, 2)], "evaluate", "report"]:
+    for stage in ["prepare", "teacher", "extract", *[f"distill@small-{m}-{seed}" for m in METHODS for seed in (1, 2)], "evaluate", "report"]:
         assert f"Running stage '{stage}'" in log
     for path in ["data/prepared/train.parquet", "data/models/teacher/model.safetensors", "data/signals/manifest.json",
                  "reports/report.md", "reports/report.html", "reports/summary.json", "reports/figures/curves.png"]:
@@ -38,7 +38,7 @@ def test_repro_builds_every_artifact(repo):
         assert (root / f"data/students/{name}/model.safetensors").is_file()
         assert (root / f"reports/train/{name}.json").is_file() and (root / f"reports/metrics/{name}.json").is_file()
     lock = yaml.safe_load((root / "dvc.lock").read_text())
-    assert {"prepare", "teacher", "extract", "distill@kd_at-2", "evaluate", "report"} <= set(lock["stages"])
+    assert {"prepare", "teacher", "extract", "distill@small-kd_at-2", "evaluate", "report"} <= set(lock["stages"])
 
 
 def test_report_table_has_teacher_and_four_methods(repo):
@@ -49,7 +49,7 @@ def test_report_table_has_teacher_and_four_methods(repo):
     assert rows == ["model", "teacher", *METHODS]
     summary = json.loads((root / "reports/summary.json").read_text())
     for m in METHODS:
-        accs = [json.loads((root / f"reports/metrics/{m}-s{seed}.json").read_text())["accuracy"] for seed in (1, 2)]
+        accs = [json.loads((root / f"reports/metrics/small-{m}-s{seed}.json").read_text())["accuracy"] for seed in (1, 2)]
         assert summary[m]["accuracy"]["mean"] == pytest.approx(sum(accs) / 2, abs=1e-6)
         assert f"| {m} " in text and f"{summary[m]['accuracy']['mean']:.3f} ± " in text
 
@@ -58,10 +58,10 @@ def test_metrics_and_plots_are_declared_to_dvc(repo):
     root, env, _ = repo
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], root, env))
     files = {k for rev in shown.values() for k in rev["data"]}
-    assert {"reports/summary.json", "reports/metrics/teacher.json", "reports/metrics/kd_at-s2.json", "reports/train/kd_at-s2.json"} <= files
+    assert {"reports/summary.json", "reports/metrics/teacher.json", "reports/metrics/small-kd_at-s2.json", "reports/train/small-kd_at-s2.json"} <= files
     out = sh(["dvc", "plots", "show", "--json"], root, env)
     for path in ("reports/figures/curves.png", "reports/figures/accuracy_latency.png", "reports/accuracy_latency.csv",
-                 "reports/predictions/kd_at-s1.csv", "reports/curves/kd_at-s1.tsv"):
+                 "reports/predictions/small-kd_at-s1.csv", "reports/curves/small-kd_at-s1.tsv"):
         assert path in out, path
 
 
@@ -93,7 +93,7 @@ def test_mlflow_runs_land_in_the_repo_root_store(repo):
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     assert sorted(r.info.run_name for r in runs) == sorted(["teacher", *[f"distill-{n}" for n in STUDENTS], "report"])
-    assert {r.data.tags["dvc.stage"] for r in runs} == {"teacher", "report", *[f"distill@{m}-{seed}" for m in METHODS for seed in (1, 2)]}
+    assert {r.data.tags["dvc.stage"] for r in runs} == {"teacher", "report", *[f"distill@small-{m}-{seed}" for m in METHODS for seed in (1, 2)]}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     assert all(r.data.tags["git.commit"] == commit for r in runs)
     report = next(r for r in runs if r.info.run_name == "report")
@@ -115,10 +115,10 @@ def test_forced_reruns_give_identical_outputs(repo):
         lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
         return {name: [(o["path"], o["md5"]) for o in stage.get("outs", [])] for name, stage in lock.items()}
     before = outs()
-    for stage in ("prepare", "teacher", "extract", "distill@kd_at-1", "report"):
+    for stage in ("prepare", "teacher", "extract", "distill@small-kd_at-1", "report"):
         assert f"Running stage '{stage}'" in sh(["dvc", "repro", "-f", "-s", stage], root, env)
     after = outs()
-    assert all(after[s] == before[s] for s in ("prepare", "teacher", "extract", "distill@kd_at-1", "report"))
+    assert all(after[s] == before[s] for s in ("prepare", "teacher", "extract", "distill@small-kd_at-1", "report"))
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], root, env)
 
 
@@ -127,7 +127,7 @@ def test_experiment_with_a_changed_knob_is_compared(repo):
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "baseline results"], root, env)
     log = sh(["dvc", "exp", "run", "-n", "t4", "-S", "distill.temperature=4.0"], root, env)
-    assert "Running stage 'distill@kd-1'" in log and "Running stage 'teacher'" not in log
+    assert "Running stage 'distill@small-kd-1'" in log and "Running stage 'teacher'" not in log
     header, *shown = csv.reader(sh(["dvc", "exp", "show", "--csv"], root, env).splitlines())
     assert "distill.temperature" in header and any(h.endswith("kd.accuracy.mean") for h in header)  # reports/summary.json
     temps = {row[header.index("Experiment")]: row[header.index("distill.temperature")] for row in shown}
@@ -160,8 +160,8 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     queued = [r for r in runs if r.data.tags["dvc.experiment"] == "q3"]
     assert sorted((r.info.run_name, r.data.params.get("weights.attn_kl")) for r in queued) == [
-        ("distill-kd_at-s1", "2.0"), ("distill-kd_at-s2", "2.0"), ("report", None)]
+        ("distill-small-kd_at-s1", "2.0"), ("distill-small-kd_at-s2", "2.0"), ("report", None)]
     diff = sh(["dvc", "exp", "diff", "--all", "HEAD", "q3"], root, env)
     assert "methods.kd_at.attn_kl" in diff and "accuracy" in diff
     plots = sh(["dvc", "plots", "diff", "HEAD", "q3", "--json"], root, env)
-    assert "reports/curves/kd_at-s1.tsv" in plots and "reports/figures/accuracy_latency.png" in plots
+    assert "reports/curves/small-kd_at-s1.tsv" in plots and "reports/figures/accuracy_latency.png" in plots

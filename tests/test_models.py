@@ -58,11 +58,28 @@ def test_student_init_is_fixed_by_the_seed_and_embeddings_only_copies_embeddings
     assert not torch.equal(a.bert.encoder.layer[0].attention.self.query.weight, teacher.bert.encoder.layer[1].attention.self.query.weight)
 
 
-def test_copying_needs_equal_width(teacher):
-    sp = StudentParams(num_layers=2, hidden_size=16, num_heads=4, intermediate_size=64, init="embeddings")
+def test_copying_layers_needs_equal_width(teacher):
+    sp = StudentParams(num_layers=2, hidden_size=16, num_heads=4, intermediate_size=64, init="teacher")
     with pytest.raises(UserError, match="needs hidden_size == 32"):
         build_student(teacher, sp, [(2, 1), (4, 2)], seed=0)
+    with pytest.raises(UserError, match="needs hidden_size <= the teacher's 32"):
+        build_student(teacher, sp.model_copy(update={"hidden_size": 64, "init": "embeddings"}), [], seed=0)
     assert build_student(teacher, sp.model_copy(update={"init": "random"}), [], seed=0).config.hidden_size == 16
+
+
+def test_a_narrower_student_gets_the_embeddings_projected_on_their_principal_directions(teacher):
+    sp = StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=64, init="embeddings")
+    student = build_student(teacher, sp, [], seed=0)
+    with torch.no_grad():
+        w_t, w_s = teacher.bert.embeddings.word_embeddings.weight, student.bert.embeddings.word_embeddings.weight  # (V, 32), (V, 16)
+        centred = w_t - w_t.mean(0)
+        _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+        torch.testing.assert_close(w_s, w_t @ vh[:16].T)
+        # the projection keeps the top 16 directions: the centred projection holds their variance
+        kept = ((w_s - w_s.mean(0)) ** 2).sum() / (centred**2).sum()
+        assert kept == pytest.approx(float((s[:16] ** 2).sum() / (s**2).sum()), rel=1e-4) and kept > 16 / 32
+        pos_t, pos_s = teacher.bert.embeddings.position_embeddings.weight, student.bert.embeddings.position_embeddings.weight
+        torch.testing.assert_close(pos_s, pos_t @ vh[:16].T)
 
 
 def test_student_attention_dropout_comes_from_params(teacher):

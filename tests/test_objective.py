@@ -47,9 +47,10 @@ CASES = [(n, "probs") for n in LOSS_NAMES if n not in ("ce", "value_relation")] 
 def test_store_and_online_give_the_same_loss(setup, loss, on):
     """A narrower student (width 16) than the teacher (32), same head count."""
     split, teacher, store = setup
-    dp = DistillParams(student=StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random"), attn_mse_on=on, relation_heads=4, head_policy="per_head")
-    student = build_student(teacher, dp.student, PAIRS, seed=0).eval()  # eval: no dropout noise between the two calls
-    objective = Objective({loss: 1.0}, PAIRS, dp, teacher.config.hidden_size, teacher.config.num_attention_heads)
+    sp = StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random")
+    dp = DistillParams(attn_mse_on=on, relation_heads=4, head_policy="per_head")
+    student = build_student(teacher, sp, PAIRS, seed=0).eval()  # eval: no dropout noise between the two calls
+    objective = Objective({loss: 1.0}, PAIRS, dp, sp, teacher.config.hidden_size, teacher.config.num_attention_heads)
     idx = np.array([2, 0, 3])
     b = collate(split, idx, 0)
     logits_s, stored = store.batch(idx, b["input_ids"].shape[1])
@@ -66,9 +67,10 @@ def test_store_and_online_give_the_same_loss(setup, loss, on):
 
 def test_value_relation_store_equals_online(setup):
     split, teacher, store = setup
-    dp = DistillParams(student=StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=32, init="random"))
-    student = build_student(teacher, dp.student, PAIRS, seed=0).eval()
-    objective = Objective({"value_relation": 1.0}, PAIRS, dp, 32, 4)
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=32, init="random")
+    dp = DistillParams()
+    student = build_student(teacher, sp, PAIRS, seed=0).eval()
+    objective = Objective({"value_relation": 1.0}, PAIRS, dp, sp, 32, 4)
     idx = np.array([1, 2])
     b = collate(split, idx, 0)
     _, stored = store.batch(idx, b["input_ids"].shape[1])
@@ -80,14 +82,15 @@ def test_value_relation_store_equals_online(setup):
 
 
 def test_head_policy_and_incompatible_pairs_fail_at_load_time():
-    dp = DistillParams(student=StudentParams(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=32))
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=32)
+    dp = DistillParams()
     with pytest.raises(UserError, match="distill.head_policy: per_head needs equal head counts"):
-        check_compatible({"attn_kl": 1.0}, dp, teacher_heads=4)
-    check_compatible({"attn_kl": 1.0}, dp.model_copy(update={"head_policy": "average"}), teacher_heads=4)
+        check_compatible({"attn_kl": 1.0}, dp, sp, teacher_heads=4)
+    check_compatible({"attn_kl": 1.0}, dp.model_copy(update={"head_policy": "average"}), sp, teacher_heads=4)
     with pytest.raises(UserError, match="value_relation"):
-        check_compatible({"value_relation": 1.0}, dp, teacher_heads=4)
+        check_compatible({"value_relation": 1.0}, dp, sp, teacher_heads=4)
     with pytest.raises(UserError, match="distill.relation_heads: 5 does not divide"):
-        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 5}), teacher_heads=4)
+        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 5}), sp, teacher_heads=4)
 
 
 def test_wanted_tensors_are_exactly_what_the_losses_read():
@@ -104,9 +107,10 @@ def test_online_mode_gives_the_store_losses_for_a_combined_method(setup):
 
     split, teacher, store = setup
     weights = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0, "qkv_relation": 1.0, "hidden_mse": 1.0}
-    dp = DistillParams(student=StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random"), relation_heads=4)
-    student = build_student(teacher, dp.student, PAIRS, seed=0).eval()
-    objective = Objective(weights, PAIRS, dp, 32, 4)
+    sp = StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random")
+    dp = DistillParams(relation_heads=4)
+    student = build_student(teacher, sp, PAIRS, seed=0).eval()
+    objective = Objective(weights, PAIRS, dp, sp, 32, 4)
     wanted = wanted_tensors([weights], PAIRS, "probs")
     idx = np.array([0, 1, 2, 3])
     b = collate(split, idx, 0)

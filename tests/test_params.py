@@ -26,7 +26,7 @@ def write(tmp_path, doc) -> str:
         ({"distill": {"temperature": 0.0}}, "distill.temperature: Input should be greater than 0"),
         ({"data": {"val_fraction": 0.5, "test_fraction": 0.5}}, "data: val_fraction + test_fraction"),
         ({"distill": {"layer_map": [[1, 2, 3]]}}, "distill.layer_map: [[1, 2, 3]] is not"),
-        ({"distill": {"student": {"hidden_size": 100}}}, "distill.student: hidden_size 100 is not divisible"),
+        ({"students": {"small": {"hidden_size": 100}}}, "students.small: hidden_size 100 is not divisible"),
         ({"methods": {"nothing": {"ce": 0.0}}}, "methods.nothing: a method needs at least one positive"),
         ({"methods": {"ce": {"cross_entropy": 1.0}}}, "methods.ce.cross_entropy: unknown key"),
         ({"evaluate": {"models": ["teacher", "zz"]}}, "evaluate.models names 'zz'"),

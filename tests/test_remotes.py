@@ -67,7 +67,7 @@ def round_trip(root: Path, env: dict, remote_args: list[str], dst: Path) -> str:
     sh(["git", "clone", "-q", str(root), str(dst)], dst.parent, env)
     shutil.copy(root / ".dvc/config.local", dst / ".dvc/config.local")  # remote settings travel outside git here
     sh(["dvc", "pull"], dst, env)
-    for out in ("data/prepared/train.parquet", "data/models/teacher/model.safetensors", "data/signals/manifest.json", "data/students/kd_at-s1/model.safetensors"):
+    for out in ("data/prepared/train.parquet", "data/models/teacher/model.safetensors", "data/signals/manifest.json", "data/students/small-kd_at-s1/model.safetensors"):
         assert (dst / out).is_file(), out
     status = sh(["dvc", "status"], dst, env)
     assert "Data and pipelines are up to date" in status, status

@@ -69,10 +69,10 @@ def result(name: str, acc: float, latency: float) -> dict:
 
 def test_summary_means_seeds_and_tests_against_ce_only_with_several_seeds():
     n = 200
-    correct = {"teacher": np.ones(n), "ce-s1": np.r_[np.ones(150), np.zeros(50)], "ce-s2": np.r_[np.ones(140), np.zeros(60)],
-               "kd-s1": np.r_[np.ones(190), np.zeros(10)], "kd-s2": np.r_[np.ones(180), np.zeros(20)]}
+    correct = {"teacher": np.ones(n), "small-ce-s1": np.r_[np.ones(150), np.zeros(50)], "small-ce-s2": np.r_[np.ones(140), np.zeros(60)],
+               "small-kd-s1": np.r_[np.ones(190), np.zeros(10)], "small-kd-s2": np.r_[np.ones(180), np.zeros(20)]}
     results = {"teacher": result("teacher", 1.0, 20.0)} | {k: result(k, v.mean(), 10.0) for k, v in correct.items() if k != "teacher"}
-    groups = {"teacher": ["teacher"], "ce": ["ce-s1", "ce-s2"], "kd": ["kd-s1", "kd-s2"]}
+    groups = {"teacher": ["teacher"], "ce": ["small-ce-s1", "small-ce-s2"], "kd": ["small-kd-s1", "small-kd-s2"]}
     summary = summarize(results, correct, groups, 1000)
     assert summary["kd"]["accuracy"]["mean"] == pytest.approx(0.925) and summary["kd"]["seeds"] == 2
     assert summary["kd"]["speed_up"] == 2.0 and summary["kd"]["accuracy_kept_pct"] == pytest.approx(92.5)
@@ -80,7 +80,7 @@ def test_summary_means_seeds_and_tests_against_ce_only_with_several_seeds():
     assert "vs_ce" not in summary["ce"] and "vs_ce" not in summary["teacher"] and summary["teacher"]["accuracy"]["std"] is None
     table = quality_table(summary, 3)
     assert table.set_index("model").loc["kd", "Δ acc vs ce, points [95% CI]"].startswith("+20.0 [")
-    one_seed = summarize(results, correct, {"teacher": ["teacher"], "ce": ["ce-s1"], "kd": ["kd-s1"]}, 1000)
+    one_seed = summarize(results, correct, {"teacher": ["teacher"], "ce": ["small-ce-s1"], "kd": ["small-kd-s1"]}, 1000)
     assert "vs_ce" not in one_seed["kd"]  # one seed: no significance claimed
 
 

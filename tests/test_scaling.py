@@ -42,7 +42,7 @@ def work(tmp_path_factory) -> Path:
     doc = tiny_params(init, methods={"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}}, evaluate={"models": ["teacher", "ce", "kd"]}, student_seeds=[1])
     doc["teacher"] |= {"epochs": 2, "batch_size": 16, "checkpoint_every": 0}
     doc["distill"] |= {"epochs": 2, "batch_size": 16, "checkpoint_every": 0}
-    doc["distill"]["student"] |= {"hidden_dropout": 0.0}
+    doc["students"]["small"] |= {"hidden_dropout": 0.0}
     doc["compute"] = {"device": "cpu", "precision": "fp32"}
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
     half = doc | {"teacher": doc["teacher"] | {"batch_size": 8}, "distill": doc["distill"] | {"batch_size": 8}}
@@ -111,7 +111,7 @@ def test_two_processes_distil_a_student_like_one(work, teachers):
     outs = {}
     for processes, params in ((1, "params.yaml"), (2, "half.yaml")):
         out = work / f"kd-{processes}"
-        launch(work, processes, params, "distill", "--method", "kd", "--seed", 1, "--prepared", work / "prepared", "--teacher", teacher,
+        launch(work, processes, params, "distill", "--student", "small", "--method", "kd", "--seed", 1, "--prepared", work / "prepared", "--teacher", teacher,
                "--signal-store", work / "signals", "--out", out, "--metrics", f"{out}.json", "--curve", f"{out}.tsv")
         outs[processes] = out
     diff = max_weight_difference(outs[1], outs[2])
@@ -150,7 +150,7 @@ def test_mixed_precision_trains_and_stores_in_the_configured_dtype(work, tmp_pat
     assert run_script("extract", "--params", params, "--prepared", work / "prepared", "--teacher", out, "--out", tmp_path / "signals") == 0
     manifest = json.loads((tmp_path / "signals/manifest.json").read_text())
     assert (manifest["dtype"], manifest["teacher_precision"]) == ("float16", precision)
-    assert run_script("distill", "--params", params, "--method", "kd", "--seed", 1, "--prepared", work / "prepared", "--teacher", out,
+    assert run_script("distill", "--params", params, "--student", "small", "--method", "kd", "--seed", 1, "--prepared", work / "prepared", "--teacher", out,
                       "--signal-store", tmp_path / "signals", "--out", tmp_path / "kd", "--metrics", tmp_path / "k.json", "--curve", tmp_path / "k.tsv") == 0
     assert np.isfinite(pd.read_csv(tmp_path / "k.tsv", sep="\t")["train_kd"]).all()
 

@@ -195,7 +195,7 @@ def test_sentence_pairs_run_through_every_stage(tmp_path, tiny_model_dir):
     run_pipeline(tmp_path, params)
     manifest = json.loads((tmp_path / "signals/manifest.json").read_text())
     assert manifest["num_examples"] == len(read(tmp_path / "prepared", "train"))
-    metrics = json.loads((tmp_path / "metrics/kd_at-s1.json").read_text())
+    metrics = json.loads((tmp_path / "metrics/small-kd_at-s1.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     report = (tmp_path / "report.md").read_text()
     assert "## Data" in report and "sentence pairs" in report and "entailment" in report

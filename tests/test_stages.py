@@ -54,22 +54,22 @@ def test_extract_writes_the_mapped_layers_with_a_manifest(work):
 
 
 def test_distill_saves_students_that_share_init_but_not_result(work):
-    ce, kd_at = load_file(work / "students/ce-s1/model.safetensors"), load_file(work / "students/kd_at-s1/model.safetensors")
+    ce, kd_at = load_file(work / "students/small-ce-s1/model.safetensors"), load_file(work / "students/small-kd_at-s1/model.safetensors")
     assert ce.keys() == kd_at.keys()
     assert any(not (ce[k] == kd_at[k]).all() for k in ce)
-    record = json.loads((work / "students/kd_at-s1/attnkd.json").read_text())
+    record = json.loads((work / "students/small-kd_at-s1/attnkd.json").read_text())
     assert record["weights"] == {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0} and record["layer_pairs"] == [[2, 1]] and record["seed"] == 1
-    curve = pd.read_csv(work / "curves/kd_at-s1.tsv", sep="\t")
+    curve = pd.read_csv(work / "curves/small-kd_at-s1.tsv", sep="\t")
     assert {"train_ce", "train_kd", "train_attn_kl", "train_loss", "val_accuracy"} <= set(curve.columns)
 
 
 def test_student_seeds_change_the_student(work):
-    one, two = load_file(work / "students/ce-s1/model.safetensors"), load_file(work / "students/ce-s2/model.safetensors")
+    one, two = load_file(work / "students/small-ce-s1/model.safetensors"), load_file(work / "students/small-ce-s2/model.safetensors")
     assert any(not (one[k] == two[k]).all() for k in one)
 
 
 def test_distill_refuses_a_seed_not_in_student_seeds(work, tmp_path, capsys):
-    code = run_script("distill", "--params", work / "params.yaml", "--method", "ce", "--seed", 7, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
+    code = run_script("distill", "--params", work / "params.yaml", "--student", "small", "--method", "ce", "--seed", 7, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
                       "--signal-store", work / "signals", "--out", tmp_path / "ce", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
     assert code == 2 and "student_seeds: 7 is not listed" in capsys.readouterr().err
     assert not (tmp_path / "ce").exists()
@@ -81,24 +81,24 @@ def test_distill_online_mode_trains_like_the_store(work, tmp_path):
     doc["distill"]["signals"] = "online"
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(doc))
-    code = run_script("distill", "--params", params, "--method", "kd_at", "--seed", 1, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
+    code = run_script("distill", "--params", params, "--student", "small", "--method", "kd_at", "--seed", 1, "--prepared", work / "prepared", "--teacher", work / "models/teacher",
                       "--signal-store", tmp_path / "no-store", "--out", tmp_path / "kd_at", "--metrics", tmp_path / "m.json", "--curve", tmp_path / "c.tsv")
     assert code == 0
-    online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/kd_at-s1.tsv", sep="\t")
+    online, stored = pd.read_csv(tmp_path / "c.tsv", sep="\t"), pd.read_csv(work / "curves/small-kd_at-s1.tsv", sep="\t")
     for col in ("train_ce", "train_kd", "train_attn_kl"):
         assert online[col].iloc[0] == pytest.approx(stored[col].iloc[0], rel=1e-2), col
 
 
 def test_evaluate_writes_metrics_and_predictions_for_every_model(work):
-    assert sorted(p.stem for p in (work / "metrics").iterdir()) == ["ce-s1", "ce-s2", "kd_at-s1", "kd_at-s2", "teacher"]
-    m = json.loads((work / "metrics/kd_at-s2.json").read_text())
+    assert sorted(p.stem for p in (work / "metrics").iterdir()) == ["small-ce-s1", "small-ce-s2", "small-kd_at-s1", "small-kd_at-s2", "teacher"]
+    m = json.loads((work / "metrics/small-kd_at-s2.json").read_text())
     for key in ("accuracy", "precision_macro", "recall_macro", "f1_macro", "roc_auc", "ece", "params", "size_mb", "latency_ms", "throughput_eps", "attention_js_mean"):
         assert isinstance(m[key], (int, float)), key
     assert 0 <= m["accuracy"] <= 1 and m["latency_ms"] > 0 and m["throughput_eps"] > 0 and 0 <= m["ece"] <= 1
     assert (m["method"], m["seed"]) == ("kd_at", 2) and set(m["attention_js"]) == {"t2-s1"} and 0 <= m["attention_js"]["t2-s1"] <= 1
     assert sum(c["support"] for c in m["per_class"].values()) == sum(map(sum, m["confusion"]["matrix"])) == m["test_examples"] == 12
     assert "attention_js" not in json.loads((work / "metrics/teacher.json").read_text())
-    preds = pd.read_csv(work / "predictions/kd_at-s2.csv")
+    preds = pd.read_csv(work / "predictions/small-kd_at-s2.csv")
     assert list(preds.columns[:2]) == ["actual", "predicted"] and len(preds) == 12
     assert preds.filter(like="p_").sum(axis=1).to_numpy() == pytest.approx(1.0, abs=1e-4)
     assert (preds["actual"] == preds["predicted"]).mean() == pytest.approx(m["accuracy"], abs=1e-6)
@@ -119,16 +119,16 @@ def test_report_tables_hold_the_metrics_values(work):
     assert list(quality) == ["teacher", "ce", "kd_at"]
     assert quality["teacher"]["accuracy"] == f"{metrics['teacher']['accuracy']:.3f}" and quality["teacher"]["seeds"] == "1"
     for method in ("ce", "kd_at"):
-        accs = [metrics[f"{method}-s{s}"]["accuracy"] for s in (1, 2)]
+        accs = [metrics[f"small-{method}-s{s}"]["accuracy"] for s in (1, 2)]
         mean, std = sum(accs) / 2, abs(accs[0] - accs[1]) / 2 ** 0.5
         assert quality[method]["accuracy"] == f"{mean:.3f} ± {std:.3f}"
-        lat = sum(metrics[f"{method}-s{s}"]["latency_ms"] for s in (1, 2)) / 2
+        lat = sum(metrics[f"small-{method}-s{s}"]["latency_ms"] for s in (1, 2)) / 2
         assert efficiency[method]["speed-up"] == f"{metrics['teacher']['latency_ms'] / lat:.2f}x"
     assert quality["ce"]["p vs ce"] == "-" and 0 < float(quality["kd_at"]["p vs ce"]) <= 1
     seeds = table(text, "Accuracy per seed")
-    assert seeds["kd_at"]["seed 2"] == f"{metrics['kd_at-s2']['accuracy']:.3f}"
+    assert seeds["kd_at"]["seed 2"] == f"{metrics['small-kd_at-s2']['accuracy']:.3f}"
     summary = json.loads((work / "summary.json").read_text())
-    assert summary["kd_at"]["accuracy"]["mean"] == pytest.approx(sum(metrics[f"kd_at-s{s}"]["accuracy"] for s in (1, 2)) / 2, abs=1e-6)
+    assert summary["kd_at"]["accuracy"]["mean"] == pytest.approx(sum(metrics[f"small-kd_at-s{s}"]["accuracy"] for s in (1, 2)) / 2, abs=1e-6)
     assert 0 < summary["kd_at"]["vs_ce"]["p_value"] <= 1
     html = (work / "report.html").read_text()
     for method in ("ce", "kd_at"):
@@ -147,13 +147,13 @@ def test_training_stages_log_runs_with_terms_and_tags(work):
     mlflow.set_tracking_uri(f"sqlite:///{work / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     by_name = {r.info.run_name: r for r in runs}
-    assert set(by_name) == {"teacher", "distill-ce-s1", "distill-ce-s2", "distill-kd_at-s1", "distill-kd_at-s2", "report"}
-    run = by_name["distill-kd_at-s1"]
+    assert set(by_name) == {"teacher", "distill-small-ce-s1", "distill-small-ce-s2", "distill-small-kd_at-s1", "distill-small-kd_at-s2", "report"}
+    run = by_name["distill-small-kd_at-s1"]
     assert {"train/ce", "train/kd", "train/attn_kl", "train/loss", "val/accuracy"} <= set(run.data.metrics)
-    assert run.data.tags["dvc.stage"] == "distill@kd_at-1" and len(run.data.tags["git.commit"]) >= 7
+    assert run.data.tags["dvc.stage"] == "distill@small-kd_at-1" and len(run.data.tags["git.commit"]) >= 7
     assert run.data.params["method"] == "kd_at" and "version.torch" in run.data.tags
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
-    assert artifacts == {"kd_at-s1.tsv", "attnkd.json"}
+    assert artifacts == {"small-kd_at-s1.tsv", "attnkd.json"}
     report = by_name["report"]
     assert {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)} == {"report.md", "report.html", "summary.json", "accuracy_latency.csv", "figures"}
     assert report.data.metrics["kd_at/accuracy_mean"] == pytest.approx(json.loads((work / "summary.json").read_text())["kd_at"]["accuracy"]["mean"])
@@ -167,3 +167,43 @@ def test_bad_params_stop_a_stage_with_one_line_and_no_output(tmp_path, params_fi
     err = capsys.readouterr().err.strip()
     assert err == f"error: {params_file}: data.max_lenght: unknown key"
     assert not (tmp_path / "prepared").exists()
+
+
+# ---- two students, as in the sst2 profile ----------------------------------------------------
+
+WIDE = {"num_layers": 2, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "teacher", "attention_dropout": 0.0, "hidden_dropout": 0.1}
+NARROW = {"num_layers": 1, "hidden_size": 16, "num_heads": 4, "intermediate_size": 32, "init": "embeddings", "attention_dropout": 0.0, "hidden_dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def two(tmp_path_factory, tiny_model_dir) -> Path:
+    """The chain with two student architectures of different depth and width."""
+    root = tmp_path_factory.mktemp("two-students")
+    doc = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}},
+                      evaluate={"models": ["teacher", "ce", "kd_at"]}, students={"wide": WIDE, "narrow": NARROW})
+    doc["distill"]["students"] = ["wide", "narrow"]
+    (root / "params.yaml").write_text(yaml.safe_dump(doc))
+    run_pipeline(root, root / "params.yaml")
+    return root
+
+
+def test_two_students_share_one_store_and_get_their_own_architecture(two):
+    manifest = json.loads((two / "signals/manifest.json").read_text())
+    assert manifest["tensors"] == {"attn": [1, 2]}  # wide pairs t1-s1, t2-s2; narrow t2-s1: the union of teacher layers
+    wide, narrow = json.loads((two / "students/wide-kd_at-s1/config.json").read_text()), json.loads((two / "students/narrow-kd_at-s1/config.json").read_text())
+    assert (wide["num_hidden_layers"], wide["hidden_size"]) == (2, 32) and (narrow["num_hidden_layers"], narrow["hidden_size"]) == (1, 16)
+    record = json.loads((two / "students/narrow-kd_at-s2/attnkd.json").read_text())
+    assert (record["student"], record["method"], record["seed"], record["layer_pairs"]) == ("narrow", "kd_at", 2, [[2, 1]])
+
+
+def test_the_report_compares_each_student_with_its_own_ce(two):
+    text = (two / "report.md").read_text()
+    metrics = {p.stem: json.loads(p.read_text()) for p in (two / "metrics").iterdir()}
+    assert list(table(text, "Quality on the test split")) == ["teacher", "wide ce", "wide kd_at", "narrow ce", "narrow kd_at"]
+    summary = json.loads((two / "summary.json").read_text())
+    for student in ("wide", "narrow"):
+        mean = lambda m: sum(metrics[f"{student}-{m}-s{s}"]["accuracy"] for s in (1, 2)) / 2  # noqa: E731
+        assert summary[f"{student} kd_at"]["vs_ce"]["delta"] == pytest.approx(mean("kd_at") - mean("ce"), abs=1e-6)
+        assert "vs_ce" not in summary[f"{student} ce"]
+    assert summary["narrow ce"]["params"] < summary["wide ce"]["params"] == summary["teacher"]["params"]  # wide: the tiny teacher's shape
+    assert "student `narrow`: 1 layers, hidden 16" in text and "student `wide`: 2 layers, hidden 32" in text

@@ -105,6 +105,7 @@ def main() -> None:
 
     params = load_params(REPO / "params.yaml")  # the repo's teacher, student, layer map, max length, batch size
     dp, max_length = params.distill, params.data.max_length
+    sp = params.students[dp.students[0]]
     df = read_sst2(args.sst2).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
     val = df.iloc[-500:]
     torch.manual_seed(0)
@@ -114,9 +115,9 @@ def main() -> None:
     teacher = load_classifier(init, num_labels=2, label_names=["negative", "positive"]).eval()
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
-    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, dp.student.num_layers)
+    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, sp.num_layers)
     wanted = wanted_tensors([METHOD], pairs, dp.attn_mse_on)
-    print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); student {dp.student.num_layers}x{dp.student.hidden_size}; "
+    print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); student {sp.num_layers}x{sp.hidden_size}; "
           f"pairs {pairs}; stored {wanted}; max_length {max_length}; torch threads {torch.get_num_threads()}")
 
     rss = {}
@@ -145,7 +146,7 @@ def main() -> None:
         doc["distill"] = doc["distill"] | {"max_steps": args.rss_steps, "epochs": 1}
         (root / "params.yaml").write_text(yaml.safe_dump(doc))
         env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TQDM_DISABLE": "1"}
-        cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--method", "kd_at",
+        cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--student", dp.students[0], "--method", "kd_at",
                "--prepared", str(root / "prepared"), "--teacher", str(work / "teacher"), "--signal-store", str(root / "signals"),
                "--out", str(root / "student"), "--metrics", str(root / "m.json"), "--curve", str(root / "c.tsv")]
         rss[size] = peak_rss_mib(cmd, env)
@@ -159,8 +160,8 @@ def main() -> None:
     batches = data.length_batches(train.lengths, dp.batch_size, np.random.default_rng(params.seed))[: args.steps + 3]
     per_step = {}
     for mode, source in (("store", store), ("online", teacher)):
-        student = build_student(teacher, dp.student, pairs, params.seed)
-        objective = Objective(METHOD, pairs, dp, 384, 12)
+        student = build_student(teacher, sp, pairs, params.seed)
+        objective = Objective(METHOD, pairs, dp, sp, 384, 12)
         per_step[mode] = time_steps(student, objective, source, train, batches, budget, wanted)
     steps_per_epoch = int(np.ceil(args.sizes[0] / dp.batch_size))
     print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")

@@ -8,7 +8,7 @@ Conventions, pinned here and tested in tests/test_models.py:
 - the teacher always runs in eval mode under no_grad; padding is masked on the key axis by the
   model and on the query axis by the losses.
 - HF returns attention *after* dropout, so a student trained with attention losses uses
-  attention dropout 0.0 by default (distill.student.attention_dropout).
+  attention dropout 0.0 by default (students.<name>.attention_dropout).
 """
 
 from __future__ import annotations
@@ -106,26 +106,45 @@ def build_student(teacher: BertForSequenceClassification, sp: StudentParams, lay
     """A fresh student, initialised from the seed, then copied from the teacher as sp.init says.
 
     `teacher` copies the embeddings and, for each (teacher_layer, student_layer) pair, that
-    teacher layer into the student layer (DistilBERT-style); `embeddings` copies the embeddings only.
+    teacher layer into the student layer (DistilBERT-style); `embeddings` copies the embeddings
+    only, projected onto the teacher's top principal directions when the student is narrower.
     """
     torch.manual_seed(seed)
     student = BertForSequenceClassification(student_config(teacher.config, sp))
     if sp.init == "random":
         return student
-    if sp.hidden_size != teacher.config.hidden_size:
-        raise UserError(
-            f"distill.student.init: {sp.init!r} copies teacher weights and needs hidden_size == "
-            f"{teacher.config.hidden_size} (got {sp.hidden_size}); use init: random"
-        )
+    width = teacher.config.hidden_size
+    if sp.init == "embeddings" and sp.hidden_size != width:
+        if sp.hidden_size > width:
+            raise UserError(f"students: init 'embeddings' needs hidden_size <= the teacher's {width} (got {sp.hidden_size}); use init: random")
+        copy_projected_embeddings(teacher, student, sp.hidden_size)
+        return student
+    if sp.hidden_size != width:
+        raise UserError(f"students: init {sp.init!r} copies teacher layers and needs hidden_size == {width} (got {sp.hidden_size}); "
+                        "use init: embeddings or random")
     student.bert.embeddings.load_state_dict(teacher.bert.embeddings.state_dict())
     if sp.init == "teacher":
         if sp.num_heads != teacher.config.num_attention_heads or sp.intermediate_size != teacher.config.intermediate_size:
-            raise UserError("distill.student.init: 'teacher' needs num_heads and intermediate_size equal to the teacher's")
+            raise UserError("students: init 'teacher' needs num_heads and intermediate_size equal to the teacher's")
         for t_layer, s_layer in layer_pairs:
             student.bert.encoder.layer[s_layer - 1].load_state_dict(teacher.bert.encoder.layer[t_layer - 1].state_dict())
         student.bert.pooler.load_state_dict(teacher.bert.pooler.state_dict())
         student.classifier.load_state_dict(teacher.classifier.state_dict())
     return student
+
+
+@torch.no_grad()
+def copy_projected_embeddings(teacher: BertForSequenceClassification, student: BertForSequenceClassification, width: int) -> None:
+    """Word, position and segment embeddings of the teacher (H_t wide) projected onto the top
+    `width` principal directions of its centred word embeddings: P = V[:, :width] of the SVD
+    W - mean(W) = U S V^T, (H_t, width); each table E becomes E @ P. The student's embedding
+    LayerNorm starts fresh (it normalises a different space)."""
+    t, s = teacher.bert.embeddings, student.bert.embeddings
+    words = t.word_embeddings.weight  # (V, H_t)
+    _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
+    proj = vh[:width].T  # (H_t, width)
+    for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        getattr(s, name).weight.copy_(getattr(t, name).weight @ proj)
 
 
 def forward(model, batch: dict[str, torch.Tensor], **kwargs):

@@ -13,7 +13,7 @@ import torch
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES, NEEDS
 from attnkd.models import capture, forward
-from attnkd.params import DistillParams
+from attnkd.params import DistillParams, StudentParams
 
 Pairs = list[tuple[int, int]]
 
@@ -30,18 +30,18 @@ def wanted_tensors(weights: list[dict[str, float]], pairs: Pairs, attn_mse_on: s
     return {k: sorted({t for t, _ in pairs}) for k in sorted(kinds)}
 
 
-def check_compatible(weights: dict[str, float], dp: DistillParams, teacher_heads: int) -> None:
+def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int) -> None:
     """Fail at load time, naming the params key, when a loss cannot pair these models."""
-    heads_differ = dp.student.num_heads != teacher_heads
+    heads_differ = sp.num_heads != teacher_heads
     if heads_differ and dp.head_policy == "per_head" and {"attn_kl", "attn_mse"} & weights.keys():
         raise UserError(
             f"distill.head_policy: per_head needs equal head counts (teacher {teacher_heads}, student "
-            f"{dp.student.num_heads}); use head_policy: average or the qkv_relation loss"
+            f"{sp.num_heads}); use head_policy: average or the qkv_relation loss"
         )
     if heads_differ and "value_relation" in weights:
         raise UserError("methods: value_relation (MiniLM) needs equal head counts; use qkv_relation (MiniLMv2) instead")
-    if "qkv_relation" in weights and dp.student.hidden_size % dp.relation_heads:
-        raise UserError(f"distill.relation_heads: {dp.relation_heads} does not divide the student width {dp.student.hidden_size}")
+    if "qkv_relation" in weights and sp.hidden_size % dp.relation_heads:
+        raise UserError(f"distill.relation_heads: {dp.relation_heads} does not divide the student width {sp.hidden_size}")
 
 
 class Objective(torch.nn.Module):
@@ -51,13 +51,13 @@ class Objective(torch.nn.Module):
     widths differ; they train with the student and are discarded after distillation.
     """
 
-    def __init__(self, weights: dict[str, float], pairs: Pairs, dp: DistillParams, teacher_width: int, teacher_heads: int):
+    def __init__(self, weights: dict[str, float], pairs: Pairs, dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int):
         super().__init__()
         self.weights, self.pairs, self.dp, self.teacher_heads = weights, pairs, dp, teacher_heads
         self.proj = torch.nn.ModuleDict()
-        if "hidden_mse" in weights and dp.student.hidden_size != teacher_width:
+        if "hidden_mse" in weights and sp.hidden_size != teacher_width:
             for _, s in pairs:
-                self.proj[str(s)] = torch.nn.Linear(dp.student.hidden_size, teacher_width)
+                self.proj[str(s)] = torch.nn.Linear(sp.hidden_size, teacher_width)
         needs = {k for loss in weights for k in kinds_for(loss, dp.attn_mse_on)}
         self.needs_attn, self.needs_hidden = "attn" in needs, "hidden" in needs
         self.needs_capture = bool({"q", "k", "v", "scores"} & needs)

@@ -93,8 +93,9 @@ class StudentParams(Section):
     hidden_size: PosInt = 384
     num_heads: PosInt = 12
     intermediate_size: PosInt = 1536
-    # teacher: copy embeddings and the mapped teacher layers (needs equal width);
-    # embeddings: copy embeddings only; random: nothing copied.
+    # teacher: copy embeddings and the mapped teacher layers (needs the teacher's width);
+    # embeddings: copy the embeddings (a narrower student gets them projected onto the teacher
+    # word embeddings' top principal directions); random: nothing copied.
     init: Literal["teacher", "embeddings", "random"] = "random"
     attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
@@ -109,8 +110,11 @@ class StudentParams(Section):
 LayerPair = Annotated[list[PosInt], Field(min_length=2, max_length=2)]
 
 
+StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
+
+
 class DistillParams(Section):
-    student: StudentParams = StudentParams()
+    students: Annotated[list[StudentName], Field(min_length=1)] = ["small"]  # keys of `students` to train
     # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
     # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
     layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
@@ -131,6 +135,13 @@ class DistillParams(Section):
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
+
+    @field_validator("students")
+    @classmethod
+    def _distinct_students(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError(f"{names} repeats a student")
+        return names
 
     @field_validator("layer_map", mode="before")
     @classmethod
@@ -200,6 +211,7 @@ class Params(Section):
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     extract: ExtractParams = ExtractParams()
+    students: dict[StudentName, StudentParams] = {"small": StudentParams()}  # architectures by name; distill.students picks
     distill: DistillParams = DistillParams()
     methods: dict[str, MethodWeights] = {
         "ce": MethodWeights(ce=1.0),
@@ -225,6 +237,13 @@ class Params(Section):
         if len(set(seeds)) != len(seeds):
             raise ValueError(f"{seeds} repeats a seed")
         return seeds
+
+    @model_validator(mode="after")
+    def _students_defined(self) -> Params:
+        for name in self.distill.students:
+            if name not in self.students:
+                raise ValueError(f"distill.students names {name!r}, which is not a key of students ({', '.join(self.students)})")
+        return self
 
     @model_validator(mode="after")
     def _evaluated_models_exist(self) -> Params:

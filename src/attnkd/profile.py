@@ -5,7 +5,8 @@
     python -m attnkd.profile sst2 --run -- -S data.limit_per_class=2000   # more dvc exp run args
 
 A profile is a YAML file in profiles/ with the params sections it changes; every key becomes one
-`-S key=value`, with the value written as YAML so DVC reads it back unchanged.
+`-S key=value`, with the value written as YAML so DVC reads it back unchanged (`-S ++key=value`
+for a key params.yaml does not have, such as a new entry of `students`).
 """
 
 from __future__ import annotations
@@ -41,8 +42,11 @@ def merge(base: dict, profile: dict) -> dict:
     return out
 
 
-def overrides(profile: dict) -> list[str]:
-    return [f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}" for key, value in flatten(profile).items()]
+def overrides(profile: dict, base: dict) -> list[str]:
+    """`key=value` per leaf of the profile; `++key=value` for a key params.yaml lacks (a new student)."""
+    known = flatten(base)
+    return [f"{'' if key in known else '++'}{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+            for key, value in flatten(profile).items()]
 
 
 def quote(arg: str) -> str:
@@ -54,7 +58,8 @@ def quote(arg: str) -> str:
 
 def command(name: str, extra: list[str]) -> list[str]:
     cmd = ["dvc", "exp", "run", "-n", name]
-    for item in overrides(load_profile(name)):
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    for item in overrides(load_profile(name), base):
         cmd += ["-S", item]
     return cmd + extra
 

@@ -33,11 +33,13 @@ def _stat(values: list[float]) -> dict[str, float | None]:
     return {"mean": round(mean, 6), "std": None if math.isnan(std) else round(std, 6)}
 
 
-def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int) -> dict[str, dict]:
+def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int,
+              baselines: dict[str, str] | None = None) -> dict[str, dict]:
     """Per method (and the teacher): mean and std over seeds of the quality, efficiency and
     agreement figures, and against the ce student (when evaluated with 2+ seeds) the paired
-    bootstrap of the accuracy difference. `groups`: method -> its model names, seed order equal
-    across methods; `correct[model]`: (N,) 0/1 per test example."""
+    bootstrap of the accuracy difference. `groups`: row (method) -> its model names, seed order
+    equal across rows; `baselines`: row -> the row it is compared with (default "ce");
+    `correct[model]`: (N,) 0/1 per test example."""
     teacher = results["teacher"]
     out = {}
     for method, models in groups.items():
@@ -53,8 +55,9 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
         if "attention_js" in rows[0]:
             s["attention_js"] = {k: _stat([r["attention_js"][k] for r in rows]) for k in rows[0]["attention_js"]}
         s["per_class_f1"] = {c: round(float(np.mean([r["per_class"][c]["f1"] for r in rows])), 6) for c in rows[0]["per_class"]}
-        if method not in ("teacher", BASELINE) and BASELINE in groups and len(models) > 1:
-            test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[BASELINE]]), samples)
+        base = (baselines or {}).get(method, BASELINE)
+        if method not in ("teacher", base) and base in groups and len(models) > 1:
+            test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[base]]), samples)
             s["vs_ce"] = {"delta": round(test.delta, 6), "ci_low": round(test.low, 6), "ci_high": round(test.high, 6), "p_value": round(test.p_value, 6)}
         out[method] = s
     return out

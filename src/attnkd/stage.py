@@ -34,15 +34,33 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def student_name(method: str, seed: int) -> str:
-    """The name of the student a method trains from a seed: its model dir, metrics and curve files."""
-    return f"{method}-s{seed}"
+def student_name(student: str, method: str, seed: int) -> str:
+    """The name of the model a method trains into a student architecture from a seed: its model
+    dir, metrics and curve files (`small-kd_at-s42`)."""
+    return f"{student}-{method}-s{seed}"
 
 
-def model_groups(models: list[str], seeds: list[int]) -> dict[str, list[str]]:
-    """evaluate.models as model names per method, seeds in order: the teacher is one model, a
-    method one student per seed (`{"teacher": ["teacher"], "ce": ["ce-s42", ...], ...}`)."""
-    return {m: ["teacher"] if m == "teacher" else [student_name(m, s) for s in seeds] for m in models}
+def group_label(students: list[str], student: str, method: str) -> str:
+    """A method's row in the report: the method, prefixed by the student when there are several."""
+    return method if len(students) == 1 else f"{student} {method}"
+
+
+def model_groups(students: list[str], models: list[str], seeds: list[int]) -> dict[str, list[str]]:
+    """evaluate.models as model names per (student, method) row, seeds in order: the teacher is
+    one model, a method one model per student and seed
+    (`{"teacher": ["teacher"], "ce": ["small-ce-s42", ...], ...}`; with students s1 and s2 the
+    rows are "s1 ce", ..., "s2 ce", ...)."""
+    groups = {"teacher": ["teacher"]} if "teacher" in models else {}
+    for student in students:
+        for m in models:
+            if m != "teacher":
+                groups[group_label(students, student, m)] = [student_name(student, m, s) for s in seeds]
+    return groups
+
+
+def baseline_of(students: list[str], label: str) -> str:
+    """The row a method row is compared with: the same student trained with ce alone."""
+    return label.rsplit(" ", 1)[0] + " ce" if len(students) > 1 else "ce"
 
 
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:

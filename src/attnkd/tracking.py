@@ -129,7 +129,7 @@ def stage_run(main: bool, *args, **kwargs):
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, object]:
-    """Nested dicts to dotted keys (`distill.student.num_layers`); lists and scalars are leaves."""
+    """Nested dicts to dotted keys (`distill.temperature`); lists and scalars are leaves."""
     out = {}
     for key, value in d.items():
         name = f"{prefix}{key}"
