@@ -20,7 +20,7 @@ from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from attnkd.models import forward, load_classifier, load_tokenizer
 from attnkd.reporting import BASELINE, TEST_NAME, Document, agreement_table, data_note, data_table, efficiency_table, per_class_table, quality_table, seed_table, summarize
-from attnkd.stage import baseline_of, model_groups, parser, setup
+from attnkd.stage import group_label, model_groups, parser, setup
 from attnkd.tracking import mlflow_run
 
 
@@ -71,7 +71,8 @@ def main() -> None:
     for n in names:
         pred = read_frame(args.predictions_dir / f"{n}.csv", usecols=["actual", "predicted"])
         correct[n] = (pred["actual"] == pred["predicted"]).to_numpy(dtype=np.int8)
-    summary = summarize(results, correct, groups, rp.bootstrap_samples, {r: baseline_of(students, r) for r in rows})
+    summary = summarize(results, correct, groups, rp.bootstrap_samples,
+                        {group_label(students, s, m): group_label(students, s, BASELINE) for s in students for m in methods})
 
     meta, data_report = data.load_meta(args.prepared), read_json(args.data_report)
     curves = {m: [read_frame(args.curves_dir / f"{n}.tsv", sep="\t") for n in models] for m, models in groups.items()}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from attnkd.errors import UserError
 
@@ -21,6 +21,17 @@ LOSS_NAMES = ("ce", "kd", "attn_kl", "attn_mse", "value_relation", "qkv_relation
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 Fraction = Annotated[float, Field(gt=0, lt=1)]
+
+
+def distinct(what: str) -> AfterValidator:
+    """A list validator: no value twice (`[1, 1] repeats a seed`)."""
+
+    def check(values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"{values} repeats a {what}")
+        return values
+
+    return AfterValidator(check)
 
 
 class Section(BaseModel):
@@ -114,7 +125,7 @@ StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class DistillParams(Section):
-    students: Annotated[list[StudentName], Field(min_length=1)] = ["small"]  # keys of `students` to train
+    students: Annotated[list[StudentName], Field(min_length=1), distinct("student")] = ["small"]  # keys of `students` to train
     # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
     # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
     layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
@@ -135,13 +146,6 @@ class DistillParams(Section):
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0
     checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
-
-    @field_validator("students")
-    @classmethod
-    def _distinct_students(cls, names: list[str]) -> list[str]:
-        if len(set(names)) != len(names):
-            raise ValueError(f"{names} repeats a student")
-        return names
 
     @field_validator("layer_map", mode="before")
     @classmethod
@@ -207,7 +211,7 @@ Seed = Annotated[int, Field(ge=0)]
 
 class Params(Section):
     seed: Seed = 42  # splits and the teacher
-    student_seeds: Annotated[list[Seed], Field(min_length=1)] = [42, 43, 44]  # one student per seed and method
+    student_seeds: Annotated[list[Seed], Field(min_length=1), distinct("seed")] = [42, 43, 44]  # one student per seed and method
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     extract: ExtractParams = ExtractParams()
@@ -230,13 +234,6 @@ class Params(Section):
             if name == "teacher" or not name.replace("_", "").isalnum():
                 raise ValueError(f"method name {name!r} must be letters, digits or _ and not 'teacher'")
         return methods
-
-    @field_validator("student_seeds")
-    @classmethod
-    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"{seeds} repeats a seed")
-        return seeds
 
     @model_validator(mode="after")
     def _students_defined(self) -> Params:

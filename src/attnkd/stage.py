@@ -58,10 +58,6 @@ def model_groups(students: list[str], models: list[str], seeds: list[int]) -> di
     return groups
 
 
-def baseline_of(students: list[str], label: str) -> str:
-    """The row a method row is compared with: the same student trained with ce alone."""
-    return label.rsplit(" ", 1)[0] + " ce" if len(students) > 1 else "ce"
-
 
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
     """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
