@@ -1,5 +1,7 @@
 """The signal store: ragged size, faithful read-back, verification, and store == online losses."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -109,3 +111,28 @@ def test_every_storage_dtype_reads_back_within_its_precision(tmp_path, tiny_mode
     assert torch.allclose(stored[("hidden", 2)], hidden, atol=rel * hidden.abs().max().item(), rtol=rel)
     itemsize = {"float32": 4, "float16": 2, "bfloat16": 2}[dtype]
     assert (out / "attn_layer1.npy").stat().st_size - 128 == itemsize * sum(4 * n * n for n in split.lengths)
+
+
+def resident_file_mib() -> float:
+    """This process's resident file-backed memory (Linux), in MiB."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:")) / 1024
+
+
+def test_reading_does_not_keep_the_store_resident(tmp_path):
+    """An 8 MiB store read in scattered batches: the kernel maps 64 KiB around each page a read
+    touches, so without unmapping after each batch the process would hold most of the file."""
+    n, heads, t = 2000, 2, 32  # 4 KiB of fp16 maps per example
+    lengths = np.full(n, t, dtype=np.int32)
+    np.save(tmp_path / "lengths.npy", lengths)
+    np.save(tmp_path / "logits.npy", np.zeros((n, 2), dtype=np.float32))
+    np.save(tmp_path / "attn_layer1.npy", np.ones(n * heads * t * t, dtype=np.float16))
+    manifest = {"format": "attnkd-signals/2", "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    store = SignalStore(tmp_path, verify=False)
+    before = resident_file_mib()
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        _, maps = store.batch(rng.choice(n, size=8, replace=False), t)
+        assert maps[("attn", 1)].shape == (8, heads, t, t) and bool((maps[("attn", 1)] == 1).all())
+    assert resident_file_mib() - before < 1.0

@@ -13,12 +13,14 @@ Layout of a store directory:
 Tensors are ragged (no padding), so bytes grow with sum(n_i^2) or sum(n_i), not with
 N * max_len; they are stored in the configured dtype (fp16 by default; fp32; or bf16, kept as raw 16-bit
 words since numpy has no bfloat16) and memory-mapped when
-read, so reading does not load the store into memory.
+read, so reading does not load the store into memory; the pages a batch read are unmapped after
+it, so the reader's resident memory stays that of one batch however large the store.
 """
 
 from __future__ import annotations
 
 import json
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -195,7 +197,17 @@ class SignalStore:
                 else:
                     x[row, :n] = part.reshape(n, self.width)
             out[(kind, l)] = torch.from_numpy(x)
+        self._release()
         return logits, out
+
+    def _release(self) -> None:
+        """Unmap the pages read so far. They stay in the page cache (a later epoch reads them from
+        memory), but leave this process: the kernel maps up to 64 KiB around every page read, so
+        without this the resident memory of an epoch would grow towards the size of the store."""
+        for arr in (self.logits, *self.files.values()):
+            mapping = getattr(arr, "_mmap", None)  # np.memmap's mmap object
+            if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+                mapping.madvise(mmap.MADV_DONTNEED)
 
 
 
