@@ -29,7 +29,7 @@ import torch
 import yaml
 
 from attnkd import data, signals
-from attnkd.bench_signals import read_sst2, write_prepared
+from attnkd.bench_signals import layer_flops, read_sst2, write_prepared
 from attnkd.io import sha256_file
 from attnkd.losses import ce_loss, resolve_layer_map
 from attnkd.models import build_student, forward, load_classifier, load_tokenizer, resolve_init, weights_file
@@ -54,9 +54,7 @@ def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
 
 def train_flops(lengths: np.ndarray, layers: int, hidden: int, intermediate: int) -> float:
     """Model FLOPs of one training pass (forward + backward = 3 x forward) over examples of these real lengths."""
-    n = lengths.astype(np.float64)
-    dense = 2 * (4 * hidden**2 + 2 * hidden * intermediate)  # per token per layer
-    return float(3 * layers * (dense * n.sum() + 4 * hidden * (n**2).sum()))
+    return 3 * layer_flops(layers, hidden, intermediate, lengths)
 
 
 def timed_fit(model, train: data.Split, val: data.Split, budget: Budget, step_loss, pad_id: int, extra=None) -> float:

@@ -1,13 +1,16 @@
 """Benchmark of the teacher signal store on SST-2: what extracting once costs and saves.
 
     python -m attnkd.bench_signals --sst2 ../shared/data/sst2/train.tsv
+    python -m attnkd.bench_signals --profile sst2     # that profile's students (s1, s2)
 
-Prints, for the default teacher (packaged all-MiniLM-L6-v2) and the default student and layer
-map, with the kd_at method (soft labels + attention maps):
+Prints, for the default teacher (packaged all-MiniLM-L6-v2) and the students and layer map of
+params.yaml (or of a profile), with the kd_at method (soft labels + attention maps):
   1. extraction throughput (examples/s) and store size against the ragged fp16 bound;
-  2. time per distillation step from the store against online distillation (the teacher run on
-     every batch), same student, same batches, measured in one run, and their ratio;
-  3. peak resident memory of the real `distill` entry script at two data-set sizes;
+  2. for each student, time per distillation step from the store against online distillation
+     (the teacher run on every batch), same student, same batches, measured in one run, their
+     ratio, and the ratio's ceiling from model FLOPs: (student training + teacher forward) /
+     student training, the ratio a store step with no cost beyond the student's arithmetic gives;
+  3. peak resident memory of the real `distill` entry script (first student) at two data-set sizes;
   4. the padded-token fraction with and without length-grouped batches.
 The teacher gets a fresh 2-class head and is not fine-tuned: costs do not depend on its weights.
 """
@@ -35,7 +38,8 @@ from attnkd.io import atomic_write_json, sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.models import build_student, load_classifier, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import Objective, wanted_tensors
-from attnkd.params import load_params
+from attnkd.params import Params
+from attnkd.profile import load_profile, merge
 from attnkd.train import Budget, make_optimizer
 
 METHOD = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
@@ -80,6 +84,13 @@ def time_steps(student, objective, source, split: data.Split, batches, budget: B
     return float(np.median(times))
 
 
+def layer_flops(layers: int, hidden: int, intermediate: int, lengths: np.ndarray) -> float:
+    """Forward FLOPs of the encoder layers over examples of these real lengths: per token and layer
+    2 x (4 H^2 + 2 H I) for projections and feed-forward, plus 4 H n for attention over n tokens."""
+    n = lengths.astype(np.float64)
+    return float(layers * (2 * (4 * hidden**2 + 2 * hidden * intermediate) * n.sum() + 4 * hidden * (n**2).sum()))
+
+
 def peak_rss_mib(cmd: list[str], env: dict) -> float:
     """Peak resident memory of a process (sampled every 50 ms), in MiB."""
     proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -101,11 +112,12 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs=2, default=[10_000, 60_000], help="two training-set sizes")
     p.add_argument("--steps", type=int, default=60, help="timed distillation steps per mode")
     p.add_argument("--rss-steps", type=int, default=100, help="distill steps in the memory runs")
+    p.add_argument("--profile", default="", help="a profile in profiles/ whose students, layer map, max length and batch size to use")
     args = p.parse_args()
 
-    params = load_params(REPO / "params.yaml")  # the repo's teacher, student, layer map, max length, batch size
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))  # teacher, students, layer map, max length, batch size
+    params = Params.model_validate(merge(base, load_profile(args.profile)) if args.profile else base)
     dp, max_length = params.distill, params.data.max_length
-    sp = params.students[dp.students[0]]
     df = read_sst2(args.sst2).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
     val = df.iloc[-500:]
     torch.manual_seed(0)
@@ -115,10 +127,12 @@ def main() -> None:
     teacher = load_classifier(init, num_labels=2, label_names=["negative", "positive"]).eval()
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
-    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, sp.num_layers)
-    wanted = wanted_tensors([METHOD], pairs, dp.attn_mse_on)
-    print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); student {sp.num_layers}x{sp.hidden_size}; "
-          f"pairs {pairs}; stored {wanted}; max_length {max_length}; torch threads {torch.get_num_threads()}")
+    cfg = teacher.config
+    pairs = {name: resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, params.students[name].num_layers) for name in dp.students}
+    wanted = wanted_tensors([METHOD], sorted({p for ps in pairs.values() for p in ps}), dp.attn_mse_on)  # the union, as extract stores
+    shapes = ", ".join(f"{n} {params.students[n].num_layers}x{params.students[n].hidden_size} (pairs {pairs[n]})" for n in dp.students)
+    print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); students {shapes}; stored {wanted}; max_length {max_length}; "
+          f"batch {dp.batch_size}; torch threads {torch.get_num_threads()}")
 
     rss = {}
     for size in args.sizes:
@@ -146,7 +160,7 @@ def main() -> None:
         doc["distill"] = doc["distill"] | {"max_steps": args.rss_steps, "epochs": 1}
         (root / "params.yaml").write_text(yaml.safe_dump(doc))
         env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TQDM_DISABLE": "1"}
-        cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--student", dp.students[0], "--method", "kd_at",
+        cmd = [sys.executable, "pipeline/distill.py", "--params", str(root / "params.yaml"), "--student", dp.students[0], "--method", "kd_at", "--seed", str(params.student_seeds[0]),
                "--prepared", str(root / "prepared"), "--teacher", str(work / "teacher"), "--signal-store", str(root / "signals"),
                "--out", str(root / "student"), "--metrics", str(root / "m.json"), "--curve", str(root / "c.tsv")]
         rss[size] = peak_rss_mib(cmd, env)
@@ -158,16 +172,23 @@ def main() -> None:
     store = signals.SignalStore(root / "signals")
     budget = Budget(1, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, 0, dp.eval_batch_size, params.seed)
     batches = data.length_batches(train.lengths, dp.batch_size, np.random.default_rng(params.seed))[: args.steps + 3]
-    per_step = {}
-    for mode, source in (("store", store), ("online", teacher)):
-        student = build_student(teacher, sp, pairs, params.seed)
-        objective = Objective(METHOD, pairs, dp, sp, 384, 12)
-        per_step[mode] = time_steps(student, objective, source, train, batches, budget, wanted)
     steps_per_epoch = int(np.ceil(args.sizes[0] / dp.batch_size))
+    teacher_forward = layer_flops(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, train.lengths)
     print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")
-    for mode, sec in per_step.items():
-        print(f"  {mode:6s}: {sec * 1000:.1f} ms/step median -> {sec * steps_per_epoch:.0f} s per epoch")
-    print(f"  online / store time per epoch: {per_step['online'] / per_step['store']:.2f}x")
+    for name in dp.students:
+        s = params.students[name]
+        per_step = {}
+        for mode, source in (("store", store), ("online", teacher)):
+            student = build_student(teacher, s, pairs[name], params.seed)
+            objective = Objective(METHOD, pairs[name], dp, s, cfg.hidden_size, cfg.num_attention_heads)
+            per_step[mode] = time_steps(student, objective, source, train, batches, budget, wanted_tensors([METHOD], pairs[name], dp.attn_mse_on))
+        student_training = 3 * layer_flops(s.num_layers, s.hidden_size, s.intermediate_size, train.lengths)  # forward + backward
+        print(f"  {name} ({s.num_layers}x{s.hidden_size}):")
+        for mode, sec in per_step.items():
+            print(f"    {mode:6s}: {sec * 1000:.1f} ms/step median -> {sec * steps_per_epoch:.0f} s per epoch")
+        print(f"    online / store time per epoch: {per_step['online'] / per_step['store']:.2f}x "
+              f"(FLOP ceiling {(student_training + teacher_forward) / student_training:.2f}x: teacher forward "
+              f"{teacher_forward / student_training:.2f} x student training)", flush=True)
     a, b = args.sizes
     print(f"\n[memory] distill peak RSS {rss[a]:.0f} MiB at {a} vs {rss[b]:.0f} MiB at {b} examples: {100 * (rss[b] / rss[a] - 1):+.1f}%")
     print(f"(work dir {work})")
