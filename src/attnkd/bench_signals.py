@@ -7,8 +7,8 @@ Prints, for the default teacher (packaged all-MiniLM-L6-v2) and the students and
 params.yaml (or of a profile), with the kd_at method (soft labels + attention maps):
   1. extraction throughput (examples/s) and store size against the ragged fp16 bound;
   2. for each student, time per distillation step from the store against online distillation
-     (the teacher run on every batch), same student, same batches, measured in one run, their
-     ratio, and the ratio's ceiling from model FLOPs: (student training + teacher forward) /
+     (the teacher run on every batch), same student, same batches, the two taking turns on each
+     batch, their ratio, and the ratio's ceiling from model FLOPs: (student training + teacher forward) /
      student training, the ratio a store step with no cost beyond the student's arithmetic gives;
   3. peak resident memory of the real `distill` entry script (first student) at two data-set sizes;
   4. the padded-token fraction with and without length-grouped batches.
@@ -67,21 +67,32 @@ def ragged_bound(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, 
     return int(sum(len(ls) * signals.offsets(lengths, k, heads, width)[-1] * bytes_per for k, ls in wanted.items()))
 
 
-def time_steps(student, objective, source, split: data.Split, batches, budget: Budget, wanted) -> float:
-    """Median seconds per optimiser step over `batches` (after 3 warm-up steps)."""
-    opt, _ = make_optimizer(torch.nn.ModuleList([student, objective]), budget, len(batches))
-    student.train()
-    times = []
+def time_modes(make_student, sources: dict, split: data.Split, batches, budget: Budget, wanted) -> dict[str, float]:
+    """Median seconds per training step of each mode (signal source), each training its own copy
+    of the same initial student. The modes take turns on every batch, in alternating order, so
+    both meet the same machine; the first 3 batches are warm-up. A step is that of train.fit:
+    collate, teacher signals, loss, backward, gradient clipping, AdamW."""
+    runs = {}
+    for mode, source in sources.items():
+        student, objective = make_student()
+        trainable = torch.nn.ModuleList([student, objective])
+        opt, _ = make_optimizer(trainable, budget, len(batches))
+        student.train()
+        runs[mode] = (student, objective, trainable, opt, source)
+    times: dict[str, list[float]] = {mode: [] for mode in runs}
     for i, idx in enumerate(batches):
-        t0 = time.perf_counter()
-        batch = data.collate(split, idx, 0)
-        loss, _ = objective(student, batch, *signals.teacher_batch(source, idx, batch, wanted))
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= 3:
-            times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+        for mode in list(runs) if i % 2 == 0 else list(reversed(runs)):
+            student, objective, trainable, opt, source = runs[mode]
+            t0 = time.perf_counter()
+            batch = data.collate(split, idx, 0)
+            loss, _ = objective(student, batch, *signals.teacher_batch(source, idx, batch, wanted))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if i >= 3:
+                times[mode].append(time.perf_counter() - t0)
+    return {mode: float(np.median(t)) for mode, t in times.items()}
 
 
 def layer_flops(layers: int, hidden: int, intermediate: int, lengths: np.ndarray) -> float:
@@ -110,7 +121,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sst2", type=Path, default=REPO.parent / "shared/data/sst2/train.tsv")
     p.add_argument("--sizes", type=int, nargs=2, default=[10_000, 60_000], help="two training-set sizes")
-    p.add_argument("--steps", type=int, default=60, help="timed distillation steps per mode")
+    p.add_argument("--steps", type=int, default=200, help="timed distillation steps per mode")
     p.add_argument("--rss-steps", type=int, default=100, help="distill steps in the memory runs")
     p.add_argument("--profile", default="", help="a profile in profiles/ whose students, layer map, max length and batch size to use")
     args = p.parse_args()
@@ -177,11 +188,13 @@ def main() -> None:
     print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")
     for name in dp.students:
         s = params.students[name]
-        per_step = {}
-        for mode, source in (("store", store), ("online", teacher)):
+
+        def make_student(s=s, name=name):
             student = build_student(teacher, s, pairs[name], params.seed)
-            objective = Objective(METHOD, pairs[name], dp, s, cfg.hidden_size, cfg.num_attention_heads)
-            per_step[mode] = time_steps(student, objective, source, train, batches, budget, wanted_tensors([METHOD], pairs[name], dp.attn_mse_on))
+            return student, Objective(METHOD, pairs[name], dp, s, cfg.hidden_size, cfg.num_attention_heads)
+
+        per_step = time_modes(make_student, {"store": store, "online": teacher}, train, batches, budget,
+                              wanted_tensors([METHOD], pairs[name], dp.attn_mse_on))
         student_training = 3 * layer_flops(s.num_layers, s.hidden_size, s.intermediate_size, train.lengths)  # forward + backward
         print(f"  {name} ({s.num_layers}x{s.hidden_size}):")
         for mode, sec in per_step.items():
