@@ -10,7 +10,7 @@ from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.losses import attn_kl_loss, kd_loss
 from attnkd.models import load_classifier
-from attnkd.signals import SignalStore, extract
+from attnkd.signals import FORMAT, SignalStore, extract
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ def test_reading_does_not_keep_the_store_resident(tmp_path):
     np.save(tmp_path / "lengths.npy", lengths)
     np.save(tmp_path / "logits.npy", np.zeros((n, 2), dtype=np.float32))
     np.save(tmp_path / "attn_layer1.npy", np.ones(n * heads * t * t, dtype=np.float16))
-    manifest = {"format": "attnkd-signals/2", "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}}
+    manifest = {"format": FORMAT, "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     store = SignalStore(tmp_path, verify=False)
     before = resident_file_mib()

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
 from attnkd import data, signals
 from attnkd.bench_signals import layer_flops, read_sst2, write_prepared
@@ -34,8 +33,8 @@ from attnkd.io import sha256_file
 from attnkd.losses import ce_loss, resolve_layer_map
 from attnkd.models import build_student, forward, load_classifier, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import Objective, wanted_tensors
-from attnkd.params import Params, StudentParams
-from attnkd.profile import REPO, load_profile, merge
+from attnkd.params import StudentParams
+from attnkd.profile import REPO, profile_params
 from attnkd.tracking import NoRun
 from attnkd.train import Budget, fit
 
@@ -80,8 +79,7 @@ def main() -> None:
     p.add_argument("--method", default="kd_at", help="the distillation method timed")
     args = p.parse_args()
 
-    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
-    params = Params.model_validate(merge(base, load_profile(args.profile)))
+    params = profile_params(args.profile)
     dp, tp, dcfg = params.distill, params.teacher, params.data
     frame = read_sst2(REPO / dcfg.dir / dcfg.splits.train).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
     threads = torch.get_num_threads()

@@ -38,8 +38,7 @@ from attnkd.io import atomic_write_json, sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.models import build_student, load_classifier, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import Objective, wanted_tensors
-from attnkd.params import Params
-from attnkd.profile import load_profile, merge
+from attnkd.profile import profile_params
 from attnkd.train import Budget, make_optimizer
 
 METHOD = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
@@ -126,8 +125,7 @@ def main() -> None:
     p.add_argument("--profile", default="", help="a profile in profiles/ whose students, layer map, max length and batch size to use")
     args = p.parse_args()
 
-    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))  # teacher, students, layer map, max length, batch size
-    params = Params.model_validate(merge(base, load_profile(args.profile)) if args.profile else base)
+    params = profile_params(args.profile)  # teacher, students, layer map, max length, batch size
     dp, max_length = params.distill, params.data.max_length
     df = read_sst2(args.sst2).sample(frac=1.0, random_state=params.seed).reset_index(drop=True)
     val = df.iloc[-500:]

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from attnkd.errors import UserError, run_stage
+from attnkd.params import Params
 from attnkd.tracking import flatten
 
 REPO = Path(__file__).resolve().parents[2]
@@ -40,6 +41,12 @@ def merge(base: dict, profile: dict) -> dict:
     for key, value in profile.items():
         out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
     return out
+
+
+def profile_params(name: str) -> Params:
+    """params.yaml with a profile applied ("" = params.yaml as it is)."""
+    base = yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))
+    return Params.model_validate(merge(base, load_profile(name)) if name else base)
 
 
 def overrides(profile: dict, base: dict) -> list[str]:

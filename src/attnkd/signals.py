@@ -210,7 +210,6 @@ class SignalStore:
                 mapping.madvise(mmap.MADV_DONTNEED)
 
 
-
 @torch.no_grad()
 def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
     """The same signals as SignalStore.batch, from a teacher run on the batch now (eval mode).

@@ -58,7 +58,6 @@ def model_groups(students: list[str], models: list[str], seeds: list[int]) -> di
     return groups
 
 
-
 def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
     """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
     and `attnkd.json` with `record` and the sha256 of every file), the curve and the best-epoch metrics; log them to `run`."""
