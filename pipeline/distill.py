@@ -70,7 +70,7 @@ def main() -> None:
     teacher = load_classifier(args.teacher)
     tokenizer = load_tokenizer(args.teacher)
     pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, sp.num_layers)
-    check_compatible(weights, dp, sp, teacher.config.num_attention_heads)
+    check_compatible(weights, dp, sp, teacher.config.num_attention_heads, teacher.config.hidden_size)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     teacher_sha256 = sha256_file(weights_file(args.teacher))
     if dp.signals == "store":

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from attnkd.losses import LOSSES, attn_kl_loss, ce_loss, kd_loss
+from attnkd.losses import LOSSES, LossConfig, attn_kl_loss, ce_loss, kd_loss
 
 
 def test_ce_matches_hand_value():
@@ -81,21 +81,31 @@ def test_attn_kl_is_invariant_to_padding_length():
 def test_gradients_reach_the_student_only(name):
     if name == "kd":
         s, t = torch.randn(3, 4, requires_grad=True), torch.randn(3, 4, requires_grad=True)
-        loss = LOSSES[name](s, t, 2.0)
+        loss = LOSSES[name].fn({"logits": s}, {"logits": t}, None, LossConfig(temperature=2.0))
     else:
         a_s, mask = _maps(2, 2, 4, [4, 2], seed=5)
         a_t, _ = _maps(2, 2, 4, [4, 2], seed=6)
         s, t = a_s.requires_grad_(), a_t.requires_grad_()
-        loss = LOSSES[name](s, t, mask)
+        loss = LOSSES[name].fn({"attn": s}, {"attn": t}, mask, LossConfig())
     loss.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
 
 
-def test_loss_registry_names_every_method_term():
-    from attnkd.params import LOSS_NAMES
+def test_method_weights_are_the_registry():
+    from attnkd.params import MethodWeights
 
-    assert set(LOSS_NAMES) == set(LOSSES)
+    assert list(MethodWeights.model_fields) == list(LOSSES)
+
+
+def test_every_registered_loss_has_a_golden_value_test():
+    """Adding a loss = one function, one registry entry and one test named
+    test_<name>_matches_hand_value... pinning it to a value worked out by hand."""
+    import sys
+
+    here = sys.modules[__name__]
+    for name in LOSSES:
+        assert [t for t in dir(here) if t.startswith(f"test_{name}_matches_hand_value")], f"no golden-value test for {name}"
 
 
 from attnkd.losses import at_map_loss, attn_mse_loss, hidden_mse_loss, qkv_relation_loss, relation_kl_loss, value_relation_loss
@@ -123,6 +133,30 @@ def test_relation_kl_matches_hand_value():
     # student rows are uniform (all dot products equal)
     kl_row = sum(p * math.log(p / 0.5) for p in p_t)
     assert relation_kl_loss(x_s, x_t, mask, heads=1).item() == pytest.approx(kl_row, abs=1e-6)
+
+
+# one example, tokens x = [1, 0] (width 1, one relation head, d_r = 1) against a teacher of
+# zeros: teacher relation rows are uniform; student row 0 is softmax([1, 0]), row 1 uniform.
+# KL(uniform || softmax([1, 0])) = 0.5 * ln(0.25 / (s0 * s1)); averaged over 2 query rows.
+_S0 = math.e / (math.e + 1)
+_RELATION_KL = 0.5 * math.log(0.25 / (_S0 * (1 - _S0))) / 2  # 0.0600575...
+
+
+def test_value_relation_matches_hand_value():
+    v_s, v_t = torch.tensor([[[1.0], [0.0]]]), torch.zeros(1, 2, 1)
+    mask = torch.ones(1, 2, dtype=torch.long)
+    loss = LOSSES["value_relation"].fn({"v": v_s}, {"v": v_t}, mask, LossConfig(teacher_heads=1))
+    assert loss.item() == pytest.approx(_RELATION_KL, abs=1e-6)
+
+
+def test_qkv_relation_matches_hand_value():
+    """Q-Q differs as above, K-K and V-V agree: the mean of the three relations, not their sum."""
+    mask = torch.ones(1, 2, dtype=torch.long)
+    x = torch.tensor([[[1.0], [0.0]]])
+    s = {"q": x, "k": x.clone(), "v": x.clone()}
+    t = {"q": torch.zeros(1, 2, 1), "k": x.clone(), "v": x.clone()}
+    loss = LOSSES["qkv_relation"].fn(s, t, mask, LossConfig(relation_heads=1))
+    assert loss.item() == pytest.approx(_RELATION_KL / 3, abs=1e-6)
 
 
 def test_relations_allow_different_widths_and_are_zero_on_equal_inputs():
@@ -198,11 +232,18 @@ def _inputs(name, pad=0, seed=0, requires_grad=False):
     return s, te, mask, extra
 
 
+VIEW_KIND = {"attn_kl": "attn", "attn_mse": "attn", "value_relation": "v", "at_map": "hidden", "hidden_mse": "hidden"}
+
+
 def _call(name, s, te, mask, extra):
+    """The loss through the registry's one signature (student view, teacher view, mask, config)."""
+    cfg = LossConfig(teacher_heads=extra[0] if extra else 1, relation_heads=extra[0] if extra else 1)
     if name == "hidden_mse":
         torch.manual_seed(0)
-        return LOSSES[name](s, te, mask, torch.nn.Linear(6, 12))
-    return LOSSES[name](s, te, mask, *extra)
+        cfg = LossConfig(proj=torch.nn.Linear(6, 12))
+    if name == "qkv_relation":
+        return LOSSES[name].fn(s, te, mask, cfg)
+    return LOSSES[name].fn({VIEW_KIND[name]: s}, {VIEW_KIND[name]: te}, mask, cfg)
 
 
 TOKEN_LOSSES = ["attn_kl", "attn_mse", "value_relation", "qkv_relation", "at_map", "hidden_mse"]

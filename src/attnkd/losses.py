@@ -1,10 +1,14 @@
-"""Distillation losses: pure tensor functions, chosen by name from `LOSSES`.
+"""Distillation losses: pure tensor functions, and `LOSSES`, the one registry a method's loss
+weights are chosen from by name.
 
 Dimensions: B batch, H heads, T tokens (padded), C classes. `mask` is (B, T) with 1 on real
 tokens and 0 on padding. Suffixes: `_s` student, `_t` teacher. Teacher tensors carry no gradient.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -141,27 +145,89 @@ def hidden_mse_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, pr
     return (((x.float() - h_t.detach().float()) ** 2) * m).sum() / (m.sum() * h_t.shape[-1])
 
 
-# name -> function; a method in params.yaml weights these by name
-LOSSES = {
-    "ce": ce_loss,
-    "kd": kd_loss,
-    "attn_kl": attn_kl_loss,
-    "attn_mse": attn_mse_loss,
-    "value_relation": value_relation_loss,
-    "qkv_relation": qkv_relation_loss,
-    "at_map": at_map_loss,
-    "hidden_mse": hidden_mse_loss,
-}
-# which teacher tensors each loss reads from the signal store (per mapped layer)
-NEEDS = {
-    "ce": (),
-    "kd": (),
-    "attn_kl": ("attn",),
-    "attn_mse": ("attn",),
-    "value_relation": ("v",),
-    "qkv_relation": ("q", "k", "v"),
-    "at_map": ("hidden",),
-    "hidden_mse": ("hidden",),
+# ---------------------------------------------------------------------------- the registry
+#
+# Every loss a method may weight is declared here once: its function with the one signature
+# (student view, target view, mask, config), the tensor kinds it reads, and whether it applies
+# to each mapped layer pair. Method weights (params), the store's wanted tensors, the
+# compatibility checks and the objective are all derived from `LOSSES`.
+
+View = dict[str, torch.Tensor]  # tensor kind -> tensor: one layer's ("attn", "q", ...) or the outputs ("logits", "labels")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    """What a loss may read besides its two views: the distill params it depends on, the
+    models' shapes, and the layer pair's learned projection (hidden_mse with unequal widths)."""
+
+    temperature: float = 1.0
+    head_policy: str = "per_head"  # per_head | average (head-averaged maps)
+    relation_heads: int = 1
+    attn_mse_on: str = "probs"  # probs | scores
+    student_heads: int = 1
+    student_width: int = 1
+    teacher_heads: int = 1
+    teacher_width: int = 1
+    proj: torch.nn.Module | None = None
+
+
+@dataclass(frozen=True)
+class Loss:
+    fn: Callable[[View, View, torch.Tensor, LossConfig], torch.Tensor]
+    reads: Callable[[LossConfig], tuple[str, ...]]  # kinds read on each side (the target of ce: labels)
+    per_layer: bool  # applied to every mapped (teacher layer, student layer) pair, then averaged
+    check: Callable[[LossConfig], str | None] = lambda cfg: None  # why it cannot pair these models, or None
+    projects: bool = False  # learns a (student width -> teacher width) projection when the widths differ
+
+
+def _kinds(*kinds: str) -> Callable[[LossConfig], tuple[str, ...]]:
+    return lambda cfg: kinds
+
+
+def _attn_kind(cfg: LossConfig) -> str:
+    return "scores" if cfg.attn_mse_on == "scores" else "attn"
+
+
+def _head_view(a_s: torch.Tensor, a_t: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head policy: per head as they are, or head-averaged (B, 1, T, T) maps."""
+    if cfg.head_policy == "average":
+        return a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+    return a_s, a_t
+
+
+def _per_head_needs_equal_heads(cfg: LossConfig) -> str | None:
+    if cfg.head_policy == "per_head" and cfg.student_heads != cfg.teacher_heads:
+        return (f"distill.head_policy: per_head needs equal head counts (teacher {cfg.teacher_heads}, student "
+                f"{cfg.student_heads}); use head_policy: average or the qkv_relation loss")
+    return None
+
+
+def _value_relation_needs_equal_heads(cfg: LossConfig) -> str | None:
+    if cfg.student_heads != cfg.teacher_heads:
+        return "methods: value_relation (MiniLM) needs equal head counts; use qkv_relation (MiniLMv2) instead"
+    return None
+
+
+def _relation_heads_divide_student(cfg: LossConfig) -> str | None:
+    if cfg.student_width % cfg.relation_heads:
+        return f"distill.relation_heads: {cfg.relation_heads} does not divide the student width {cfg.student_width}"
+    return None
+
+
+LOSSES: dict[str, Loss] = {
+    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("labels"), per_layer=False),
+    "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False),
+    "attn_kl": Loss(lambda s, t, mask, cfg: attn_kl_loss(*_head_view(s["attn"], t["attn"], cfg), mask), _kinds("attn"), per_layer=True,
+                    check=_per_head_needs_equal_heads),
+    "attn_mse": Loss(lambda s, t, mask, cfg: attn_mse_loss(*_head_view(s[_attn_kind(cfg)], t[_attn_kind(cfg)], cfg), mask),
+                     lambda cfg: (_attn_kind(cfg),), per_layer=True, check=_per_head_needs_equal_heads),
+    "value_relation": Loss(lambda s, t, mask, cfg: value_relation_loss(s["v"], t["v"], mask, cfg.teacher_heads), _kinds("v"), per_layer=True,
+                           check=_value_relation_needs_equal_heads),
+    "qkv_relation": Loss(lambda s, t, mask, cfg: qkv_relation_loss(s, t, mask, cfg.relation_heads), _kinds("q", "k", "v"), per_layer=True,
+                         check=_relation_heads_divide_student),
+    "at_map": Loss(lambda s, t, mask, cfg: at_map_loss(s["hidden"], t["hidden"], mask), _kinds("hidden"), per_layer=True),
+    "hidden_mse": Loss(lambda s, t, mask, cfg: hidden_mse_loss(s["hidden"], t["hidden"], mask, cfg.proj), _kinds("hidden"), per_layer=True,
+                       projects=True),
 }
 
 

@@ -191,3 +191,13 @@ def capture(model: BertForSequenceClassification, layers: list[int], scores: boo
         if "q" in captured[l]:
             q, k = (split_heads(captured[l][x], heads) for x in ("q", "k"))  # (B, H, T, d)
             captured[l]["scores"] = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
+
+
+def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
+    """One kind of tensor of a 1-based layer from a forward pass with capture(), for teacher and
+    student alike: the one place the layer-numbering convention is applied."""
+    if kind == "attn":
+        return out.attentions[layer - 1]  # (B, H, T, T)
+    if kind == "hidden":
+        return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
+    return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)

@@ -10,13 +10,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from attnkd.errors import UserError
+from attnkd.losses import LOSSES
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
-# the loss terms a method may weight (see losses.LOSSES)
-LOSS_NAMES = ("ce", "kd", "attn_kl", "attn_mse", "value_relation", "qkv_relation", "at_map", "hidden_mse")
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
@@ -160,26 +159,21 @@ class DistillParams(Section):
         )
 
 
-class MethodWeights(Section):
-    """Loss weights of one distillation method; a missing term has weight 0."""
-
-    ce: Annotated[float, Field(ge=0)] = 0.0
-    kd: Annotated[float, Field(ge=0)] = 0.0
-    attn_kl: Annotated[float, Field(ge=0)] = 0.0
-    attn_mse: Annotated[float, Field(ge=0)] = 0.0
-    value_relation: Annotated[float, Field(ge=0)] = 0.0
-    qkv_relation: Annotated[float, Field(ge=0)] = 0.0
-    at_map: Annotated[float, Field(ge=0)] = 0.0
-    hidden_mse: Annotated[float, Field(ge=0)] = 0.0
+class _Weights(Section):
+    """Loss weights of one distillation method; a missing term has weight 0. Its fields are the
+    names of the loss registry (losses.LOSSES), in registry order."""
 
     @model_validator(mode="after")
-    def _some_weight(self) -> MethodWeights:
+    def _some_weight(self) -> _Weights:
         if not any(self.weights().values()):
             raise ValueError("a method needs at least one positive loss weight")
         return self
 
     def weights(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in LOSS_NAMES if getattr(self, name) > 0}
+        return {name: getattr(self, name) for name in type(self).model_fields if getattr(self, name) > 0}
+
+
+MethodWeights = create_model("MethodWeights", __base__=_Weights, **{name: (Annotated[float, Field(ge=0)], 0.0) for name in LOSSES})
 
 
 class ComputeParams(Section):

@@ -120,15 +120,6 @@ def hooked_layers(wanted: dict[str, list[int]]) -> list[int]:
     return sorted({l for k, ls in wanted.items() if k in ("q", "k", "v", "scores") for l in ls})
 
 
-def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
-    """One kind of tensor of a 1-based layer from a forward pass with capture()."""
-    if kind == "attn":
-        return out.attentions[layer - 1]  # (B, H, T, T)
-    if kind == "hidden":
-        return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
-    return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)
-
-
 class SignalStore:
     """Read side of the store: verified on open, memory-mapped, gathered per batch."""
 
@@ -216,7 +207,7 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[to
 
     Padded positions hold whatever the teacher computed there; every loss masks them.
     """
-    from attnkd.models import capture, forward
+    from attnkd.models import capture, forward, layer_tensor
 
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:

@@ -148,7 +148,8 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
             reduced = compute.sum(local_values * len(local)) / len(idx)  # example-weighted mean over the global batch
             values = dict(zip(names, reduced.tolist()))
             for k, v in values.items():
-                sums[k] = sums.get(k, 0.0) + v
+                if "/" not in k:  # per-layer-pair terms (attn_kl/t3-s1) go to MLflow only, not the epoch curve
+                    sums[k] = sums.get(k, 0.0) + v
             run.log_metrics({f"train/{k}": v for k, v in values.items()} | {"train/lr": sched.get_last_lr()[0]}, step)
             bar.set_postfix(loss=f"{values['loss']:.4f}")
             if ckpt and ckpt.every and step % ckpt.every == 0:
