@@ -11,32 +11,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-import torch
-
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
+from attnkd.compute import finish, start
+from attnkd.distillation import StoreInputs, assemble
 from attnkd.errors import UserError, run_stage
 from attnkd.io import sha256_file
-from attnkd.losses import resolve_layer_map
-from attnkd.objective import Objective, check_compatible, wanted_tensors
-from attnkd.models import build_student, load_classifier, load_tokenizer, weights_file
-from attnkd.signals import SignalStore, teacher_batch
+from attnkd.models import load_model, load_tokenizer, weights_file
+from attnkd.signals import SignalStore
 from attnkd.stage import parser, save_trained, seed_everything, setup, student_name
-from attnkd.compute import finish, start
+from attnkd.tasks import get_task
 from attnkd.tracking import stage_run
-from attnkd.train import Budget, fit
-
-
-def make_step_loss(source: SignalStore | torch.nn.Module, objective: Objective, wanted: dict[str, list[int]]):
-    """Get the batch's teacher signals the method needs (from the store, or from the teacher
-    run online) and apply the method's objective."""
-
-    def step_loss(model, batch, idx: np.ndarray):
-        logits_t, tensors_t = teacher_batch(source, idx, batch, wanted)  # (B, C), {(kind, layer): ...}
-        return objective(model, batch, logits_t, tensors_t)
-
-    return step_loss
+from attnkd.train import fit
 
 
 def main() -> None:
@@ -52,54 +38,37 @@ def main() -> None:
     p.add_argument("--curve", type=Path, required=True)
     args = p.parse_args()
     params = setup(args.params)
-    dp = params.distill
-    compute = start(params.compute.device, params.compute.precision)
     if args.method not in params.methods:
         raise UserError(f"{args.params}: methods.{args.method}: no such method (have {', '.join(params.methods)})")
     if args.student not in params.distill.students:
         raise UserError(f"{args.params}: distill.students: {args.student!r} is not listed (have {params.distill.students})")
     if args.seed not in params.student_seeds:
         raise UserError(f"{args.params}: student_seeds: {args.seed} is not listed (have {params.student_seeds})")
+    compute = start(params.compute.device, params.compute.precision)
     seed_everything(args.seed)
-    weights = params.methods[args.method].weights()
-    sp = params.students[args.student]
     name = student_name(args.student, args.method, args.seed)
 
     meta = data.load_meta(args.prepared)
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
-    teacher = load_classifier(args.teacher)
-    tokenizer = load_tokenizer(args.teacher)
-    pairs = resolve_layer_map(dp.layer_map, teacher.config.num_hidden_layers, sp.num_layers)
-    check_compatible(weights, dp, sp, teacher.config.num_attention_heads, teacher.config.hidden_size)
-    wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
-    teacher_sha256 = sha256_file(weights_file(args.teacher))
-    if dp.signals == "store":
-        source = SignalStore(args.signal_store)
-        source.require(wanted, meta["splits"]["train"]["inputs_sha256"], teacher_sha256)
-        if source.manifest["num_examples"] != len(train):
-            raise UserError(f"{args.signal_store / 'manifest.json'}: {source.manifest['num_examples']} examples, training split has {len(train)}; re-run `dvc repro extract`")
-    else:
-        source = teacher.eval().to(compute.device)
-
-    student = build_student(teacher, sp, pairs, args.seed)
-    objective = Objective(weights, pairs, dp, sp, teacher.config.hidden_size, teacher.config.num_attention_heads)
+    teacher, tokenizer = load_model(args.teacher, get_task(params.task)), load_tokenizer(args.teacher)
+    inputs = {"prepared": meta["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
+    online = params.distill.signals == "online"
+    expect = StoreInputs(meta["splits"]["train"]["inputs_sha256"], inputs["teacher_sha256"], len(train))
+    run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
+                   None if online else SignalStore(args.signal_store), expect)
     del teacher  # in store mode only its weights for initialisation were needed
-    budget = Budget(dp.epochs, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, dp.max_steps, dp.eval_batch_size, args.seed)
-    record = {"seed": args.seed, "student": args.student, "method": args.method, "weights": weights, "architecture": sp.model_dump(),
-              "distill": dp.model_dump(), "layer_pairs": pairs}
 
-    inputs = {"prepared": meta["splits"], "teacher_sha256": teacher_sha256}
-    ckpt = Checkpoints.beside(args.out, record | inputs, dp.checkpoint_every)
+    ckpt = Checkpoints.beside(args.out, run.record | inputs, params.distill.checkpoint_every)
     resume = ckpt.load()
-    logged = record | {"compute": compute.describe(dp.batch_size, dp.learning_rate)}
-    with stage_run(compute.main, f"distill@{args.student}-{args.method}-{args.seed}", f"distill-{name}", logged, args.seed, resume and resume["run_id"]) as run:
-        history = fit(student, train, val, budget, make_step_loss(source, objective, wanted), tokenizer.pad_token_id, run, f"distill {name}",
-                      extra=objective, ckpt=ckpt, resume=resume, compute=compute)
+    logged = run.record | {"compute": compute.describe(params.distill.batch_size, params.distill.learning_rate)}
+    with stage_run(compute.main, f"distill@{args.student}-{args.method}-{args.seed}", f"distill-{name}", logged, args.seed, resume and resume["run_id"]) as mlrun:
+        history = fit(run.student, run.task, train, val, run.budget, run.step_loss, tokenizer.pad_token_id, mlrun, f"distill {name}",
+                      extra=run.objective, ckpt=ckpt, resume=resume, compute=compute)
         if compute.main:
-            best = save_trained(run, student.cpu(), tokenizer, history, {"role": "student"} | record, args.out, args.metrics, args.curve)
+            best = save_trained(mlrun, run.task, run.student.cpu(), tokenizer, history, {"role": "student"} | run.record, args.out, args.metrics, args.curve)
     if compute.main:
         ckpt.clear()
-        print(f"distill {name}: best validation accuracy {best['val_accuracy']:.4f} at epoch {best['best_epoch']} -> {args.out}")
+        print(f"distill {name}: best validation {run.task.select_by} {best[f'val_{run.task.select_by}']:.4f} at epoch {best['best_epoch']} -> {args.out}")
     finish(compute)
 
 

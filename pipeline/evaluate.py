@@ -2,9 +2,9 @@
 
 All models are measured in this one process on the same test examples: efficiency on one thread
 with the repeats round-robin over the models, so their latencies and throughputs compare fairly.
-Writes one DVC metrics file per model (reports/metrics/<model>.json) and its per-example
-predictions with class probabilities (reports/predictions/<model>.csv: the confusion plot, and
-the paired tests of the report).
+Writes one DVC metrics file per model (reports/metrics/<model>.json), its per-example
+predictions (reports/predictions/<model>.csv: the confusion plot, and the paired tests of the
+report), and the attention maps the report draws (reports/attention.json).
 """
 
 from __future__ import annotations
@@ -12,32 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
-import torch
 
 from attnkd import data
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from attnkd.metrics import attention_agreement, calibration_error, classification_metrics, confusion, efficiency, per_class, predict
-from attnkd.models import count_parameters, load_classifier, load_tokenizer, weights_file
+from attnkd.metrics import attention_agreement, efficiency, heatmap_data
+from attnkd.models import count_parameters, load_model, load_tokenizer, weights_file
 from attnkd.stage import model_groups, parser, setup
-
-
-def quality(labels: np.ndarray, probs: np.ndarray, names: list[str], bins: int) -> dict:
-    pred = probs.argmax(1)
-    scores = {k: round(float(v), 6) for k, v in classification_metrics(labels, probs).items()}
-    return scores | {
-        "ece": round(calibration_error(labels, probs, bins), 6),
-        "per_class": per_class(labels, pred, names),
-        "confusion": {"labels": names, "matrix": confusion(labels, pred, len(names))},
-    }
-
-
-def predictions_csv(labels: np.ndarray, probs: np.ndarray, names: list[str]) -> str:
-    frame = pd.DataFrame({"actual": np.array(names)[labels], "predicted": np.array(names)[probs.argmax(1)]})
-    for i, n in enumerate(names):
-        frame[f"p_{n}"] = probs[:, i].round(6)
-    return frame.to_csv(index=False)
+from attnkd.tasks import get_task
 
 
 def main() -> None:
@@ -47,42 +29,39 @@ def main() -> None:
     p.add_argument("--students", type=Path, required=True, help="dir of the student model dirs (<student>-<method>-s<seed>)")
     p.add_argument("--metrics-dir", type=Path, required=True, help="one metrics JSON per model")
     p.add_argument("--predictions-dir", type=Path, required=True, help="one predictions CSV per model")
+    p.add_argument("--attention", type=Path, required=True, help="the report's attention heatmap data (JSON)")
     args = p.parse_args()
     params = setup(args.params)
     ep = params.evaluate
 
     meta = data.load_meta(args.prepared)
-    names = meta["label_names"]
     test = data.load_split(args.prepared, "test")
-    names_per_method = model_groups(params.distill.students, ep.models, params.student_seeds).values()
-    dirs = {n: args.teacher if n == "teacher" else args.students / n for group in names_per_method for n in group}
+    groups = model_groups(params.distill.students, ["teacher", *params.methods], params.student_seeds)
+    dirs = {n: args.teacher if n == "teacher" else args.students / n for group in groups.values() for n in group}
     for name, d in dirs.items():
         if not d.is_dir():
-            raise UserError(f"{d}: no such model dir; distill.students, evaluate.models and student_seeds name {name} (train it with `dvc repro`)")
-    models = {name: load_classifier(d) for name, d in dirs.items()}
+            raise UserError(f"{d}: no such model dir; distill.students, methods and student_seeds name {name} (train it with `dvc repro`)")
+    task = get_task(params.task)
+    models = {name: load_model(d, task) for name, d in dirs.items()}
     records = {name: read_json(d / "attnkd.json") if (d / "attnkd.json").is_file() else {} for name, d in dirs.items()}
-    pad_id = load_tokenizer(args.teacher).pad_token_id
+    tokenizer = load_tokenizer(args.teacher)
+    pad_id = tokenizer.pad_token_id
 
     results, predictions = {}, {}
     for name, model in models.items():
-        probs = predict(model, test, ep.batch_size, pad_id)  # (N, C)
+        quality, predictions[name] = task.evaluation(test, task.predict(model, test, ep.batch_size, pad_id), meta, ep.calibration_bins)
         record = records[name]
         results[name] = {"model": name, "student": record.get("student", "teacher"), "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
-                         **quality(test.labels, probs, names, ep.calibration_bins),
+                         **quality,
                          "params": count_parameters(model), "size_mb": round(weights_file(dirs[name]).stat().st_size / 1e6, 3),
                          "test_examples": len(test)}
-        predictions[name] = predictions_csv(test.labels, probs, names)
-        print(f"evaluate {name}: accuracy {results[name]['accuracy']:.4f}")
+        print(f"evaluate {name}: {task.select_by} {results[name][task.select_by]:.4f}")
 
     students = {n: (m, [tuple(p) for p in records[n]["layer_pairs"]]) for n, m in models.items() if n != "teacher"}
     for name, layers in attention_agreement(models["teacher"], students, test, ep.batch_size, pad_id).items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
 
-    # One thread: comparable across models and machines, not hostage to the core count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     timing = efficiency(models, test, pad_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
-    torch.set_num_threads(threads)
     for name, t in timing.items():
         results[name] |= {"latency_ms": round(t["latency_ms"], 3), "throughput_eps": round(t["throughput_eps"], 1)}
         print(f"evaluate {name}: latency {t['latency_ms']:.2f} ms, throughput {t['throughput_eps']:.0f} examples/s")
@@ -93,7 +72,8 @@ def main() -> None:
     with atomic_dir(args.predictions_dir) as tmp:
         for name, text in predictions.items():
             atomic_write_text(tmp / f"{name}.csv", text)
-    print(f"evaluate: {len(results)} models -> {args.metrics_dir}, {args.predictions_dir}")
+    atomic_write_json(args.attention, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report))
+    print(f"evaluate: {len(results)} models -> {args.metrics_dir}, {args.predictions_dir}, {args.attention}")
 
 
 if __name__ == "__main__":

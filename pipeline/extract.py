@@ -1,9 +1,9 @@
 """Stage extract: run the teacher once over the training split and store its signals.
 
-Stores soft logits and, for the teacher layers the distil layer map pairs with a student layer
-(of any student in distill.students),
-exactly the tensors the configured methods' losses read (attention probabilities or scores,
-Q/K/V projections, hidden states), ragged and in extract.dtype, with a verifying manifest.
+Stores soft logits and the tensors the plan stage lists (for the teacher layers the distil layer
+map pairs with a student layer of any student in distill.students, exactly the tensors the
+configured methods' losses read: attention probabilities or scores, Q/K/V projections, hidden
+states), ragged and in extract.dtype, with a verifying manifest.
 """
 
 from __future__ import annotations
@@ -13,17 +13,18 @@ from pathlib import Path
 from attnkd import data, signals
 from attnkd.compute import start
 from attnkd.errors import UserError, run_stage
-from attnkd.io import atomic_dir, sha256_file
-from attnkd.losses import resolve_layer_map
-from attnkd.objective import wanted_tensors
-from attnkd.models import load_classifier, load_tokenizer, weights_file
+from attnkd.io import atomic_dir, read_json, sha256_file
+from attnkd.objective import store_plan
+from attnkd.models import load_model, load_tokenizer, weights_file
 from attnkd.stage import parser, setup
+from attnkd.tasks import get_task
 
 
 def main() -> None:
     p = parser(__doc__)
     p.add_argument("--prepared", type=Path, required=True)
     p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
+    p.add_argument("--plan", type=Path, help="the tensors to store, written by the plan stage (default: worked out from params)")
     p.add_argument("--out", type=Path, required=True, help="signal store dir")
     args = p.parse_args()
     params = setup(args.params)
@@ -33,12 +34,10 @@ def main() -> None:
 
     meta = data.load_meta(args.prepared)
     train = data.load_split(args.prepared, "train")
-    model = load_classifier(args.teacher).to(compute.device)
+    task = get_task(params.task)
+    model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
-    layers = model.config.num_hidden_layers
-    pairs = sorted({p for name in params.distill.students for p in resolve_layer_map(params.distill.layer_map, layers, params.students[name].num_layers)})
-    # what every configured method's losses read, for the teacher layers some student's map pairs
-    wanted = wanted_tensors([m.weights() for m in params.methods.values()], pairs, params.distill.attn_mse_on)
+    wanted = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.num_hidden_layers)
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
@@ -47,7 +46,7 @@ def main() -> None:
         "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
     }
     with atomic_dir(args.out) as tmp:
-        manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, compute)
+        manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, compute, task)
     size = sum(f["bytes"] for f in manifest["files"].values())
     print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}")
 

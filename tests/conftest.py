@@ -15,6 +15,7 @@ import yaml
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tools"))  # the repository tools (profiles, benchmarks) are not part of the package
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 
@@ -50,8 +51,8 @@ def tiny_params(model_dir: Path, **overrides) -> dict:
     params["student_seeds"] = [1, 2]
     params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1, "throughput_examples": 8}
     params["report"] |= {"bootstrap_samples": 200}
-    for section, values in overrides.items():
-        params[section] = params[section] | values if isinstance(values, dict) else values
+    for section, values in overrides.items():  # a section is updated; `methods`, a set of named entries, replaced
+        params[section] = params[section] | values if isinstance(values, dict) and section != "methods" else values
     return params
 
 
@@ -107,7 +108,7 @@ def tiny_repo(tmp_path_factory, tiny_model_dir):
 
 
 def run_pipeline(root: Path, params: Path) -> None:
-    """Every stage's entry script in order, in-process, for every student, method in evaluate.models and student seed."""
+    """Every stage's entry script in order, in-process, for every student, method and student seed."""
     doc = yaml.safe_load(params.read_text())
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
@@ -116,18 +117,19 @@ def run_pipeline(root: Path, params: Path) -> None:
     try:
         assert run_script("prepare", *p, "--out", prepared, "--report", root / "data.json") == 0
         assert run_script("teacher", *p, "--prepared", prepared, "--out", teacher, "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
-        assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--out", root / "signals") == 0
+        assert run_script("plan", *p, "--teacher", teacher, "--out", root / "plan.json") == 0
+        assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--plan", root / "plan.json", "--out", root / "signals") == 0
         for student in doc["distill"]["students"]:
-            for m in [m for m in doc["evaluate"]["models"] if m != "teacher"]:
+            for m in doc["methods"]:
                 for seed in doc["student_seeds"]:
                     name = f"{student}-{m}-s{seed}"
                     assert run_script("distill", *p, "--student", student, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher,
                                       "--signal-store", root / "signals", "--out", root / f"students/{name}", "--metrics", root / f"train/{name}.json",
                                       "--curve", root / f"curves/{name}.tsv") == 0
         assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",
-                          "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions") == 0
+                          "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--attention", root / "attention.json") == 0
         assert run_script("report", *p, "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--curves-dir", root / "curves",
-                          "--prepared", prepared, "--data-report", root / "data.json", "--teacher", teacher, "--students", root / "students",
+                          "--prepared", prepared, "--data-report", root / "data.json", "--attention", root / "attention.json",
                           "--out", root / "report.md", "--summary", root / "summary.json", "--points", root / "accuracy_latency.csv") == 0
     finally:
         mp.undo()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from attnkd.profile import merge
+from profiles import merge
 from conftest import run_pipeline, run_script, tiny_params
 
 
@@ -21,7 +21,7 @@ from conftest import run_pipeline, run_script, tiny_params
 def chain(tmp_path_factory, tiny_model_dir) -> Path:
     """Good upstream artifacts to break copies of: the tiny pipeline with one student."""
     root = tmp_path_factory.mktemp("chain")
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, evaluate={"models": ["teacher", "ce"]}, student_seeds=[1, 2])))
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}}, student_seeds=[1, 2])))
     run_pipeline(root, root / "params.yaml")
     return root
 
@@ -58,12 +58,12 @@ def distill(p, prepared, teacher_dir, signals, tmp, method="ce"):
 
 def evaluate(p, students, chain, tmp):
     return ["evaluate", "--params", p, "--prepared", chain / "prepared", "--teacher", chain / "models/teacher", "--students", students,
-            "--metrics-dir", tmp / "out-metrics", "--predictions-dir", tmp / "out-predictions"]
+            "--metrics-dir", tmp / "out-metrics", "--predictions-dir", tmp / "out-predictions", "--attention", tmp / "out-attention.json"]
 
 
 def report(p, metrics_dir, chain, tmp, predictions_dir=None):
     return ["report", "--params", p, "--metrics-dir", metrics_dir, "--predictions-dir", predictions_dir or chain / "predictions", "--curves-dir", chain / "curves",
-            "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--teacher", chain / "models/teacher", "--students", chain / "students",
+            "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--attention", chain / "attention.json",
             "--out", tmp / "out/report.md", "--summary", tmp / "out/summary.json", "--points", tmp / "out/points.csv"]
 
 
@@ -219,11 +219,6 @@ def bad_teacher_init_not_a_model(chain, tmp):
     return teacher(p, chain / "prepared", tmp), r"empty-model"
 
 
-def bad_report_without_teacher(chain, tmp):
-    p = params(chain, tmp, {"evaluate": {"models": ["ce"]}})
-    return report(p, chain / "metrics", chain, tmp), r"evaluate.models: .*include 'teacher'"
-
-
 # ---- upstream artifacts --------------------------------------------------------------------------
 
 
@@ -263,7 +258,7 @@ def bad_student_weights_missing(chain, tmp):
 
 def bad_student_seed_not_trained(chain, tmp):
     p = params(chain, tmp, {"student_seeds": [1, 2, 3]})
-    return evaluate(p, chain / "students", chain, tmp), r"small-ce-s3: no such model dir; distill.students, evaluate.models and student_seeds name small-ce-s3"
+    return evaluate(p, chain / "students", chain, tmp), r"small-ce-s3: no such model dir; distill.students, methods and student_seeds name small-ce-s3"
 
 
 def bad_params_repeated_seed(chain, tmp):
@@ -304,8 +299,7 @@ def bad_signals_from_another_teacher(chain, tmp):
     signals = copy(chain, tmp, "signals")
     manifest = json.loads((signals / "manifest.json").read_text())
     (signals / "manifest.json").write_text(json.dumps(manifest | {"teacher_sha256": "0" * 64}))
-    p = params(chain, tmp, {"methods": {"kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}})
-    return distill(p, chain / "prepared", chain / "models/teacher", signals, tmp, "kd_at"), r"manifest.json: extracted from a different teacher"
+    return distill(chain / "params.yaml", chain / "prepared", chain / "models/teacher", signals, tmp, "ce"), r"manifest.json: extracted from a different teacher"
 
 
 def bad_metrics_corrupt(chain, tmp):
@@ -321,7 +315,7 @@ def bad_non_finite_loss(chain, tmp):
 
 CASES = [data_case(b) for b in DATA_CASES] + [
     bad_params_unknown_key, bad_params_wrong_type, bad_params_impossible_value, bad_params_unknown_loss, bad_params_file_missing,
-    bad_params_not_yaml, bad_params_unknown_method, bad_teacher_init_missing, bad_teacher_init_not_a_model, bad_report_without_teacher,
+    bad_params_not_yaml, bad_params_unknown_method, bad_teacher_init_missing, bad_teacher_init_not_a_model,
     bad_prepared_split_missing, bad_prepared_split_altered, bad_prepared_meta_corrupt, bad_teacher_weights_altered,
     bad_student_weights_missing, bad_signals_truncated, bad_signals_manifest_missing, bad_signals_from_another_teacher,
     bad_metrics_corrupt, bad_non_finite_loss, bad_student_seed_not_trained, bad_params_repeated_seed, bad_params_unknown_student, bad_params_narrow_student_copying_teacher_layers, bad_predictions_missing,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from attnkd.bench_flops import train_flops
-from attnkd.bench_signals import layer_flops
+from bench_flops import train_flops
+from bench_signals import layer_flops
 
 
 def test_layer_flops_counts_projections_feed_forward_and_attention():

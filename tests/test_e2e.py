@@ -29,7 +29,7 @@ STUDENTS = [f"small-{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny pa
 
 def test_repro_builds_every_artifact(repo):
     root, _, log = repo
-    for stage in ["prepare", "teacher", "extract", *[f"distill@small-{m}-{seed}" for m in METHODS for seed in (1, 2)], "evaluate", "report"]:
+    for stage in ["prepare", "teacher", "plan", "extract", *[f"distill@small-{m}-{seed}" for m in METHODS for seed in (1, 2)], "evaluate", "report"]:
         assert f"Running stage '{stage}'" in log
     for path in ["data/prepared/train.parquet", "data/models/teacher/model.safetensors", "data/signals/manifest.json",
                  "reports/report.md", "reports/report.html", "reports/summary.json", "reports/figures/curves.png"]:
@@ -105,6 +105,34 @@ def test_second_repro_runs_nothing(repo):
     log = sh(["dvc", "repro"], root, env)
     assert "Running stage" not in log
     assert "Data and pipelines are up to date" in log
+
+
+def test_dvc_reruns_only_what_a_changed_key_can_change(repo):
+    """Each stage lists the exact params keys it reads: a key that cannot change a result leaves
+    everything up to date; one method's weight makes only that method's students (and the plan,
+    which rewrites an identical file, and the report) stale, never extract or another method;
+    a new seed adds only its students. (evaluate follows once the students change.)"""
+    root, env, _ = repo
+    path = root / "params.yaml"
+    original = path.read_text()
+
+    def stale_after(**changes) -> set[str]:
+        doc = yaml.safe_load(original)
+        for key, value in changes.items():
+            *parents, leaf = key.split("__")
+            node = doc
+            for k in parents:
+                node = node[k]
+            node[leaf] = value
+        path.write_text(yaml.safe_dump(doc, sort_keys=False))
+        return set(json.loads(sh(["dvc", "status", "--json"], root, env)))
+
+    try:
+        assert stale_after(teacher__checkpoint_every=7, distill__checkpoint_every=7, teacher__eval_batch_size=3, distill__eval_batch_size=3) == set()
+        assert stale_after(methods__kd_at__attn_kl=2.0) == {"plan", "distill@small-kd_at-1", "distill@small-kd_at-2", "report"}
+        assert stale_after(student_seeds=[1, 2, 3]) == {*(f"distill@small-{m}-3" for m in METHODS), "evaluate", "report"}
+    finally:
+        path.write_text(original)
 
 
 def test_forced_reruns_give_identical_outputs(repo):

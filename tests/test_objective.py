@@ -8,7 +8,7 @@ import torch
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES
-from attnkd.models import build_student, capture, layer_tensor, load_classifier
+from attnkd.models import build_student, capture, layer_tensor, load_model
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.params import DistillParams, StudentParams
 from attnkd.signals import SignalStore, extract
@@ -20,7 +20,7 @@ PAIRS = [(2, 1)]
 def setup(tiny_model_dir, tmp_path_factory):
     rng = np.random.default_rng(0)
     split = Split([[101, *rng.integers(2000, 5000, size=n).tolist(), 102] for n in (5, 2, 9, 4)], np.array([0, 1, 2, 3]))
-    teacher = load_classifier(tiny_model_dir).eval()
+    teacher = load_model(tiny_model_dir).eval()
     out = tmp_path_factory.mktemp("store")
     all_losses = [{name: 1.0 for name in LOSSES}]
     wanted = wanted_tensors(all_losses, PAIRS, "probs") | wanted_tensors(all_losses, PAIRS, "scores")
@@ -29,7 +29,7 @@ def setup(tiny_model_dir, tmp_path_factory):
 
 
 def test_captured_scores_give_the_models_attention(tiny_model_dir):
-    model = load_classifier(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir).eval()
     split = Split([[101, 2000, 2001, 102], [101, 102]], np.array([0, 1]))
     b = collate(split, np.array([0, 1]), 0)
     with torch.no_grad(), capture(model, [1, 2], scores=True) as cap:
@@ -59,7 +59,7 @@ def test_store_and_online_give_the_same_loss(setup, loss, on):
         out = teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True, output_hidden_states=True)
     online = {key: layer_tensor(key[0], key[1], out, cap) for key in stored}
     from_store, terms_s = objective(student, b, logits_s, stored)
-    from_teacher, _ = objective(student, b, out.logits, online)
+    from_teacher, _ = objective(student, b, {"logits": out.logits}, online)
     assert from_store.item() == pytest.approx(from_teacher.item(), rel=1e-2, abs=1e-3)
     per_pair = {loss} if not LOSSES[loss].per_layer else {loss, *(f"{loss}/t{t}-s{s}" for t, s in PAIRS)}
     assert set(terms_s) == per_pair
@@ -78,8 +78,8 @@ def test_value_relation_store_equals_online(setup):
     _, stored = store.batch(idx, b["input_ids"].shape[1])
     with torch.no_grad(), capture(teacher, [2]) as cap:
         teacher(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
-    a, _ = objective(student, b, torch.zeros(2, 5), stored)
-    o, _ = objective(student, b, torch.zeros(2, 5), {("v", 2): cap[2]["v"]})
+    a, _ = objective(student, b, {"logits": torch.zeros(2, 5)}, stored)
+    o, _ = objective(student, b, {"logits": torch.zeros(2, 5)}, {("v", 2): cap[2]["v"]})
     assert a.item() == pytest.approx(o.item(), rel=1e-2, abs=1e-3)
 
 

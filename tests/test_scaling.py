@@ -39,7 +39,7 @@ def work(tmp_path_factory) -> Path:
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
     BertForSequenceClassification(config).save_pretrained(init)
     AutoTokenizer.from_pretrained(str(resolve_init("all-MiniLM-L6-v2"))).save_pretrained(init)
-    doc = tiny_params(init, methods={"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}}, evaluate={"models": ["teacher", "ce", "kd"]}, student_seeds=[1])
+    doc = tiny_params(init, methods={"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}}, student_seeds=[1])
     doc["teacher"] |= {"epochs": 2, "batch_size": 16, "checkpoint_every": 0}
     doc["distill"] |= {"epochs": 2, "batch_size": 16, "checkpoint_every": 0}
     doc["students"]["small"] |= {"hidden_dropout": 0.0}

@@ -9,7 +9,7 @@ import torch
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.losses import attn_kl_loss, kd_loss
-from attnkd.models import load_classifier
+from attnkd.models import load_model
 from attnkd.signals import FORMAT, SignalStore, extract
 
 
@@ -22,7 +22,7 @@ def split():
 
 @pytest.fixture
 def store_dir(tmp_path, tiny_model_dir, split):
-    model = load_classifier(tiny_model_dir)
+    model = load_model(tiny_model_dir)
     out = tmp_path / "signals"
     out.mkdir()
     wanted = {"attn": [1, 2], "scores": [2], "q": [2], "k": [2], "v": [2], "hidden": [1]}
@@ -40,13 +40,14 @@ def test_store_is_ragged_at_the_fp16_bound(store_dir, split):
 
 
 def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
-    model = load_classifier(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir).eval()
     store = SignalStore(store_dir)
     idx = np.array([4, 0, 2])
     b = collate(split, idx, 0)
     with torch.no_grad():
         out = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_attentions=True, output_hidden_states=True)
-    logits_t, stored = store.batch(idx, b["input_ids"].shape[1])
+    outputs_t, stored = store.batch(idx, b["input_ids"].shape[1])
+    logits_t = outputs_t["logits"]
     maps = {l: stored[("attn", l)] for l in (1, 2)}
     assert torch.allclose(logits_t, out.logits, atol=1e-5)
     mask = b["attention_mask"]
@@ -94,7 +95,7 @@ def test_store_refuses_layers_inputs_or_teacher_it_does_not_cover(store_dir):
 
 @pytest.mark.parametrize("dtype, rel", [("float32", 1e-6), ("float16", 1e-3), ("bfloat16", 8e-3)])
 def test_every_storage_dtype_reads_back_within_its_precision(tmp_path, tiny_model_dir, split, dtype, rel):
-    model = load_classifier(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir).eval()
     out = tmp_path / dtype
     out.mkdir()
     manifest = extract(model, split, {"attn": [1], "hidden": [2]}, dtype, 4, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
@@ -127,7 +128,8 @@ def test_reading_does_not_keep_the_store_resident(tmp_path):
     np.save(tmp_path / "lengths.npy", lengths)
     np.save(tmp_path / "logits.npy", np.zeros((n, 2), dtype=np.float32))
     np.save(tmp_path / "attn_layer1.npy", np.ones(n * heads * t * t, dtype=np.float16))
-    manifest = {"format": FORMAT, "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}}
+    files = {name: {} for name in ("lengths.npy", "logits.npy", "attn_layer1.npy")}  # not verified here
+    manifest = {"format": FORMAT, "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}, "files": files}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     store = SignalStore(tmp_path, verify=False)
     before = resident_file_mib()

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from attnkd.profile import command, load_profile, merge
+from profiles import command, load_profile, merge
 from conftest import REPO, run_pipeline, run_script, tiny_params
 
 
@@ -188,7 +188,7 @@ def test_sentence_pairs_run_through_every_stage(tmp_path, tiny_model_dir):
     src = glue_slice(tmp_path, "rte", 60)
     doc = params_with(
         tiny_model_dir, load_profile("rte")["data"] | {"dir": str(src), "max_length": 48, "val_fraction": 0.2},
-        methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, evaluate={"models": ["teacher", "ce", "kd_at"]}, student_seeds=[1],
+        methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, student_seeds=[1],
     )
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(doc))

@@ -19,7 +19,7 @@ def work(tmp_path_factory, tiny_model_dir) -> Path:
     """Run the whole chain once for the module; each test then checks one stage's files."""
     root = tmp_path_factory.mktemp("stages")
     params = root / "params.yaml"
-    params.write_text(yaml.safe_dump(tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}}, evaluate={"models": ["teacher", "ce", "kd_at"]})))
+    params.write_text(yaml.safe_dump(tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}})))
     run_pipeline(root, params)
     return root
 
@@ -180,7 +180,7 @@ def two(tmp_path_factory, tiny_model_dir) -> Path:
     """The chain with two student architectures of different depth and width."""
     root = tmp_path_factory.mktemp("two-students")
     doc = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}},
-                      evaluate={"models": ["teacher", "ce", "kd_at"]}, students={"wide": WIDE, "narrow": NARROW})
+                      students={"wide": WIDE, "narrow": NARROW})
     doc["distill"]["students"] = ["wide", "narrow"]
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
     run_pipeline(root, root / "params.yaml")

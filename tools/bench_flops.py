@@ -2,7 +2,7 @@
 each student of a profile, in tokens/s, examples/s, model FLOPs per token and the fraction of
 this machine's fp32 matrix-multiply peak.
 
-    python -m attnkd.bench_flops --profile sst2            # ~5 min on 2 cores
+    python tools/bench_flops.py --profile sst2            # ~5 min on 2 cores
 
 Every figure comes from one process with the same thread count (torch's default: the cores):
   1. the peak: median GFLOP/s of an fp32 (4096 x 4096) @ (4096 x 4096) matmul;
@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,15 +29,17 @@ import pandas as pd
 import torch
 
 from attnkd import data, signals
-from attnkd.bench_signals import layer_flops, read_sst2, write_prepared
+from attnkd.distillation import assemble
 from attnkd.io import sha256_file
-from attnkd.losses import ce_loss, resolve_layer_map
-from attnkd.models import build_student, forward, load_classifier, load_tokenizer, resolve_init, weights_file
-from attnkd.objective import Objective, wanted_tensors
+from attnkd.losses import resolve_layer_map
+from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
+from attnkd.objective import wanted_tensors
 from attnkd.params import StudentParams
-from attnkd.profile import REPO, profile_params
+from attnkd.tasks import get_task, hard_label_loss
 from attnkd.tracking import NoRun
-from attnkd.train import Budget, fit
+from attnkd.train import Budget, budget_of, fit
+from bench_signals import layer_flops, read_sst2, write_prepared
+from profiles import REPO, profile_params
 
 
 def matmul_peak(n: int = 4096, repeats: int = 5) -> float:
@@ -57,8 +60,9 @@ def train_flops(lengths: np.ndarray, layers: int, hidden: int, intermediate: int
 
 
 def timed_fit(model, train: data.Split, val: data.Split, budget: Budget, step_loss, pad_id: int, extra=None) -> float:
+    """Seconds of one epoch of the real training loop over `train`."""
     t0 = time.perf_counter()
-    fit(model, train, val, budget, step_loss, pad_id, NoRun(), "bench", extra=extra)
+    fit(model, get_task("classification"), train, val, replace(budget, epochs=1, max_steps=0), step_loss, pad_id, NoRun(), "bench", extra=extra)
     return time.perf_counter() - t0
 
 
@@ -96,38 +100,25 @@ def main() -> None:
     print(f"mean {train.lengths.mean():.1f} real tokens per example", flush=True)
     rows = []
 
-    teacher = load_classifier(init, num_labels=2, label_names=["negative", "positive"])
+    task = get_task("classification")
+    teacher = load_model(init, task, head=task.head_config({"label_names": ["negative", "positive"]}))
     cfg = teacher.config
-    budget = Budget(1, tp.batch_size, tp.learning_rate, tp.weight_decay, tp.warmup_ratio, 0, tp.eval_batch_size, params.seed)
-
-    def teacher_loss(model, batch, idx):
-        loss = ce_loss(forward(model, batch).logits, batch["labels"])
-        return loss, {"ce": loss}
-
     print(f"teacher training (batch {tp.batch_size}):", flush=True)
-    seconds = timed_fit(teacher, train, val, budget, teacher_loss, tokenizer.pad_token_id)
+    seconds = timed_fit(teacher, train, val, budget_of(tp, params.seed), hard_label_loss(task), tokenizer.pad_token_id)
     rows.append(report("teacher", seconds, train, cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, peak))
     teacher.eval().save_pretrained(work / "teacher")
 
     weights = params.methods[args.method].weights()
     for name in dp.students:
         sp: StudentParams = params.students[name]
-        pairs = resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, sp.num_layers)
-        wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
+        wanted = wanted_tensors([weights], resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, sp.num_layers), dp.attn_mse_on)
         store_dir = work / f"signals-{name}"
         store_dir.mkdir()
         signals.extract(teacher, train, wanted, params.extract.dtype, params.extract.batch_size, tokenizer.pad_token_id, store_dir,
                         {"inputs_sha256": data.ids_digest(train.input_ids), "teacher_sha256": sha256_file(weights_file(work / "teacher"))})
-        store = signals.SignalStore(store_dir)
-        student = build_student(teacher, sp, pairs, params.seed)
-        objective = Objective(weights, pairs, dp, sp, cfg.hidden_size, cfg.num_attention_heads)
-        budget = Budget(1, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, 0, dp.eval_batch_size, params.seed)
-
-        def step_loss(model, batch, idx, store=store, objective=objective, wanted=wanted):
-            return objective(model, batch, *signals.teacher_batch(store, idx, batch, wanted))
-
+        run = assemble(params, name, args.method, params.seed, teacher, signals.SignalStore(store_dir))
         print(f"distillation of {name} with {args.method} from the store (batch {dp.batch_size}):", flush=True)
-        seconds = timed_fit(student, train, val, budget, step_loss, tokenizer.pad_token_id, extra=objective)
+        seconds = timed_fit(run.student, train, val, run.budget, run.step_loss, tokenizer.pad_token_id, extra=run.objective)
         rows.append(report(name, seconds, train, sp.num_layers, sp.hidden_size, sp.intermediate_size, peak))
 
     print()

@@ -1,7 +1,7 @@
 """Benchmark of the teacher signal store on SST-2: what extracting once costs and saves.
 
-    python -m attnkd.bench_signals --sst2 ../shared/data/sst2/train.tsv
-    python -m attnkd.bench_signals --profile sst2     # that profile's students (s1, s2)
+    python tools/bench_signals.py --sst2 ../shared/data/sst2/train.tsv
+    python tools/bench_signals.py --profile sst2     # that profile's students (s1, s2)
 
 Prints, for the default teacher (packaged all-MiniLM-L6-v2) and the students and layer map of
 params.yaml (or of a profile), with the kd_at method (soft labels + attention maps):
@@ -34,15 +34,19 @@ import torch
 import yaml
 
 from attnkd import data, signals
+from attnkd.compute import CPU
+from attnkd.distillation import DistillRun, assemble
 from attnkd.io import atomic_write_json, sha256_file
 from attnkd.losses import resolve_layer_map
-from attnkd.models import build_student, load_classifier, load_tokenizer, resolve_init, weights_file
-from attnkd.objective import Objective, wanted_tensors
-from attnkd.profile import profile_params
-from attnkd.train import Budget, make_optimizer
+from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
+from attnkd.objective import wanted_tensors
+from attnkd.params import Params
+from attnkd.tasks import get_task
+from attnkd.train import apply_gradients, make_optimizer
+from profiles import profile_params
 
 METHOD = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 
 
 def read_sst2(path: Path) -> pd.DataFrame:
@@ -66,29 +70,25 @@ def ragged_bound(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, 
     return int(sum(len(ls) * signals.offsets(lengths, k, heads, width)[-1] * bytes_per for k, ls in wanted.items()))
 
 
-def time_modes(make_student, sources: dict, split: data.Split, batches, budget: Budget, wanted) -> dict[str, float]:
+def time_modes(runs: dict[str, DistillRun], split: data.Split, batches) -> dict[str, float]:
     """Median seconds per training step of each mode (signal source), each training its own copy
     of the same initial student. The modes take turns on every batch, in alternating order, so
     both meet the same machine; the first 3 batches are warm-up. A step is that of train.fit:
-    collate, teacher signals, loss, backward, gradient clipping, AdamW."""
-    runs = {}
-    for mode, source in sources.items():
-        student, objective = make_student()
-        trainable = torch.nn.ModuleList([student, objective])
-        opt, _ = make_optimizer(trainable, budget, len(batches))
-        student.train()
-        runs[mode] = (student, objective, trainable, opt, source)
-    times: dict[str, list[float]] = {mode: [] for mode in runs}
+    collate, teacher signals, loss, then train.apply_gradients (backward, clipping, AdamW, schedule)."""
+    state = {}
+    for mode, run in runs.items():
+        trainable = torch.nn.ModuleList([run.student, run.objective])
+        opt, sched = make_optimizer(trainable, run.budget, len(batches))
+        run.student.train()
+        state[mode] = (run, trainable, opt, sched, CPU.scaler())
+    times: dict[str, list[float]] = {mode: [] for mode in state}
     for i, idx in enumerate(batches):
-        for mode in list(runs) if i % 2 == 0 else list(reversed(runs)):
-            student, objective, trainable, opt, source = runs[mode]
+        for mode in list(state) if i % 2 == 0 else list(reversed(state)):
+            run, trainable, opt, sched, scaler = state[mode]
             t0 = time.perf_counter()
             batch = data.collate(split, idx, 0)
-            loss, _ = objective(student, batch, *signals.teacher_batch(source, idx, batch, wanted))
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            loss, _ = run.step_loss(run.student, batch, idx)
+            apply_gradients(loss, trainable, opt, sched, scaler)
             if i >= 3:
                 times[mode].append(time.perf_counter() - t0)
     return {mode: float(np.median(t)) for mode, t in times.items()}
@@ -133,7 +133,7 @@ def main() -> None:
     init = resolve_init(params.teacher.init)
     tokenizer = load_tokenizer(init)
     work = Path(tempfile.mkdtemp(prefix="attnkd-bench-"))
-    teacher = load_classifier(init, num_labels=2, label_names=["negative", "positive"]).eval()
+    teacher = load_model(init, head=get_task("classification").head_config({"label_names": ["negative", "positive"]})).eval()
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
     cfg = teacher.config
@@ -179,20 +179,15 @@ def main() -> None:
     root = work / f"n{args.sizes[0]}"
     train = data.load_split(root / "prepared", "train")
     store = signals.SignalStore(root / "signals")
-    budget = Budget(1, dp.batch_size, dp.learning_rate, dp.weight_decay, dp.warmup_ratio, 0, dp.eval_batch_size, params.seed)
     batches = data.length_batches(train.lengths, dp.batch_size, np.random.default_rng(params.seed))[: args.steps + 3]
     steps_per_epoch = int(np.ceil(args.sizes[0] / dp.batch_size))
     teacher_forward = layer_flops(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, train.lengths)
     print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")
+    bench = Params.model_validate(params.model_dump() | {"methods": {"kd_at": METHOD}, "evaluate": params.evaluate.model_dump() | {"models": ["teacher", "kd_at"]}})
     for name in dp.students:
         s = params.students[name]
-
-        def make_student(s=s, name=name):
-            student = build_student(teacher, s, pairs[name], params.seed)
-            return student, Objective(METHOD, pairs[name], dp, s, cfg.hidden_size, cfg.num_attention_heads)
-
-        per_step = time_modes(make_student, {"store": store, "online": teacher}, train, batches, budget,
-                              wanted_tensors([METHOD], pairs[name], dp.attn_mse_on))
+        runs = {mode: assemble(bench, name, "kd_at", params.seed, teacher, source) for mode, source in (("store", store), ("online", None))}
+        per_step = time_modes(runs, train, batches)
         student_training = 3 * layer_flops(s.num_layers, s.hidden_size, s.intermediate_size, train.lengths)  # forward + backward
         print(f"  {name} ({s.num_layers}x{s.hidden_size}):")
         for mode, sec in per_step.items():

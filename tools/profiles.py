@@ -1,8 +1,8 @@
 """Ready-made params for a data set: print, or run, the `dvc exp run` that applies a profile.
 
-    python -m attnkd.profile sst2              # print the command
-    python -m attnkd.profile sst2 --run        # run it (extra args go to dvc exp run)
-    python -m attnkd.profile sst2 --run -- -S data.limit_per_class=2000   # more dvc exp run args
+    python tools/profiles.py sst2              # print the command
+    python tools/profiles.py sst2 --run        # run it (extra args go to dvc exp run)
+    python tools/profiles.py sst2 --run -- -S data.limit_per_class=2000   # more dvc exp run args
 
 A profile is a YAML file in profiles/ with the params sections it changes; every key becomes one
 `-S key=value`, with the value written as YAML so DVC reads it back unchanged (`-S ++key=value`
@@ -23,7 +23,7 @@ from attnkd.errors import UserError, run_stage
 from attnkd.params import Params
 from attnkd.tracking import flatten
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 PROFILES = REPO / "profiles"
 
 

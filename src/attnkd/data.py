@@ -136,7 +136,7 @@ def ids_digest(input_ids: list[list[int]]) -> str:
 @dataclass(frozen=True)
 class Split:
     input_ids: list  # per example, token ids (a list or an int32 array)
-    labels: np.ndarray  # (N,) int64
+    labels: np.ndarray  # the task's targets, int64: (N,) class ids, or (N, k) such as a span's [start, end]
     type_ids: list | None = None  # per example, segment ids; None: all tokens in segment 0
 
     @property
@@ -147,14 +147,15 @@ class Split:
         return len(self.input_ids)
 
 
-def write_split(path: Path, texts: list[str], pairs: list[str], labels: list[int], enc: Encoded) -> None:
-    """One prepared split as Parquet: text, text_pair, label (int64), input_ids and
-    token_type_ids (int32 lists); read by load_split."""
+def write_split(path: Path, texts: list[str], pairs: list[str], labels: list, enc: Encoded) -> None:
+    """One prepared split as Parquet: text, text_pair, label (int64: a class id, or a list such as
+    a span's [start, end] token), input_ids and token_type_ids (int32 lists); read by load_split."""
+    targets = np.asarray(labels, dtype=np.int64)  # (N,) or (N, k)
     frame = pd.DataFrame(
         {
             "text": texts,
             "text_pair": pairs,
-            "label": np.asarray(labels, dtype=np.int64),
+            "label": targets if targets.ndim == 1 else list(targets),
             "input_ids": [np.asarray(s, dtype=np.int32) for s in enc.input_ids],
             "token_type_ids": [np.asarray(s, dtype=np.int8) for s in enc.type_ids],
         }
@@ -179,7 +180,8 @@ def load_split(prepared: Path, split: str) -> Split:
     # int32 arrays (views of the Parquet buffers), not lists of Python ints: 10x less memory
     ids = [np.asarray(x, dtype=np.int32) for x in df["input_ids"]]
     types = [np.asarray(x, dtype=np.int32) for x in df["token_type_ids"]]
-    return Split(ids, df["label"].to_numpy(dtype=np.int64), types if any(t.any() for t in types) else None)
+    labels = df["label"].to_numpy(dtype=np.int64) if df["label"].dtype != object else np.stack(df["label"].to_numpy()).astype(np.int64)
+    return Split(ids, labels, types if any(t.any() for t in types) else None)
 
 
 def load_meta(prepared: Path) -> dict:
@@ -218,7 +220,7 @@ def padded_fraction(lengths: np.ndarray, batches: list[np.ndarray]) -> float:
 
 def collate(split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """Pad a batch to its longest example.
-    Returns input_ids, attention_mask, token_type_ids (B, T) and labels (B,)."""
+    Returns input_ids, attention_mask, token_type_ids (B, T) and labels (B,) or (B, k)."""
     t = max(len(split.input_ids[i]) for i in idx)
     ids = torch.full((len(idx), t), pad_id, dtype=torch.long)
     mask = torch.zeros((len(idx), t), dtype=torch.long)

@@ -152,7 +152,9 @@ def hidden_mse_loss(h_s: torch.Tensor, h_t: torch.Tensor, mask: torch.Tensor, pr
 # to each mapped layer pair. Method weights (params), the store's wanted tensors, the
 # compatibility checks and the objective are all derived from `LOSSES`.
 
-View = dict[str, torch.Tensor]  # tensor kind -> tensor: one layer's ("attn", "q", ...) or the outputs ("logits", "labels")
+# tensor kind -> tensor: one layer's ("attn", "q", ...), or the task's view of the outputs: rows of
+# scores {"logits": (R, C)} and their gold choices {"labels": (R,)} (see attnkd.tasks)
+View = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,7 @@ class Loss:
     reads: Callable[[LossConfig], tuple[str, ...]]  # kinds read on each side (the target of ce: labels)
     per_layer: bool  # applied to every mapped (teacher layer, student layer) pair, then averaged
     check: Callable[[LossConfig], str | None] = lambda cfg: None  # why it cannot pair these models, or None
+    gold: bool = False  # reads the gold targets (the task's "labels" view) instead of the teacher's
     projects: bool = False  # learns a (student width -> teacher width) projection when the widths differ
 
 
@@ -215,7 +218,7 @@ def _relation_heads_divide_student(cfg: LossConfig) -> str | None:
 
 
 LOSSES: dict[str, Loss] = {
-    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("labels"), per_layer=False),
+    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True),
     "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False),
     "attn_kl": Loss(lambda s, t, mask, cfg: attn_kl_loss(*_head_view(s["attn"], t["attn"], cfg), mask), _kinds("attn"), per_layer=True,
                     check=_per_head_needs_equal_heads),

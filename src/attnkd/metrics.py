@@ -9,24 +9,8 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
-from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches
 from attnkd.models import forward
-
-
-@torch.no_grad()
-def predict(model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray:
-    """Class probabilities (N, C) in the split's original order. With several processes each
-    predicts every world-th example and the results are summed, so every process returns all."""
-    model.eval()
-    rows = np.arange(len(split))[compute.rank :: compute.world]
-    probs = torch.zeros((len(split), model.config.num_labels), dtype=torch.float64)
-    for idx in length_batches(split.lengths[rows], batch_size):
-        b = to_device(collate(split, rows[idx], pad_id), compute.device)
-        with compute.autocast():
-            logits = forward(model, b).logits
-        probs[rows[idx]] = torch.softmax(logits.double(), dim=-1).cpu()
-    return compute.sum(probs).numpy()
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -82,11 +66,22 @@ def efficiency(models: dict[str, torch.nn.Module], split: Split, pad_id: int, la
                batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
     """Batch-1 latency (median ms over the first `latency_examples` x repeats) and throughput
     (median examples/s of a pass over the first `throughput_examples` in batches of `batch_size`)
-    of every model on the same inputs, in the calling process and thread setting.
+    of every model on the same inputs, in the calling process.
 
     After one warm-up pass per model, the repeats go round-robin over the models, so a slow
-    spell of a shared machine lands on all of them rather than on one.
+    spell of a shared machine lands on all of them rather than on one. Runs on one thread:
+    comparable across models and machines, not hostage to the core count.
     """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _efficiency(models, split, pad_id, latency_examples, throughput_examples, batch_size, repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _efficiency(models: dict[str, torch.nn.Module], split: Split, pad_id: int, latency_examples: int, throughput_examples: int,
+                batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
     ones = [collate(split, np.array([i]), pad_id) for i in range(min(latency_examples, len(split)))]
     first = np.arange(min(throughput_examples, len(split)))
     batched = [collate(split, first[idx], pad_id) for idx in length_batches(split.lengths[first], batch_size)]
@@ -137,3 +132,41 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
                 sums[name][key] = sums[name].get(key, 0.0) + float(js[rows].sum())
     return {name: {k: v / count for k, v in layers.items()} for name, layers in sums.items()}
 
+
+
+def heatmap_examples(lengths: np.ndarray, k: int, min_tokens: int = 8) -> list[int]:
+    """The k shortest examples with at least `min_tokens` tokens (ties: first in the split)."""
+    order = np.argsort(lengths, kind="stable")
+    long_enough = [int(i) for i in order if lengths[i] >= min_tokens]
+    return (long_enough or [int(i) for i in order])[:k]
+
+
+@torch.no_grad()
+def attention_snapshot(models: dict[str, torch.nn.Module], pairs: list[tuple[int, int]], split: Split, i: int, max_tokens: int,
+                       pad_id: int) -> dict[str, dict[str, list[list[float]]]]:
+    """Per model ("teacher" reads the pair's teacher layer, every other model its student layer)
+    and mapped pair `t<l>-s<l>`: the head-averaged attention of example i run alone (no padding),
+    cut to its first min(max_tokens, length) tokens: (n, n) as nested lists, queries first."""
+    b = collate(split, np.array([i]), pad_id)
+    n = min(max_tokens, len(split.input_ids[i]))
+    out = {}
+    for name, model in models.items():
+        layers = forward(model.eval(), b, output_attentions=True).attentions
+        out[name] = {f"t{t}-s{s}": layers[(t if name == "teacher" else s) - 1][0].mean(0)[:n, :n].tolist() for t, s in pairs}
+    return out
+
+
+def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test: Split, meta: dict, task, tokenizer, rp) -> list[dict]:
+    """The report's heatmaps: on its chosen test examples, the teacher and the first-seed student of
+    each row whose layer map is the first row's, per mapped pair."""
+    first = {row: names[0] for row, names in groups.items() if row != "teacher"}
+    if not rp.heatmap_examples or not first:
+        return []
+    pairs = [tuple(p) for p in records[next(iter(first.values()))]["layer_pairs"]]
+    drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in first.items() if [tuple(p) for p in records[n]["layer_pairs"]] == pairs}
+    out = []
+    for i in heatmap_examples(test.lengths, rp.heatmap_examples):
+        tokens = tokenizer.convert_ids_to_tokens([int(t) for t in test.input_ids[i][: rp.heatmap_tokens]])
+        out.append({"example": i, "tokens": tokens, "pairs": pairs, "title": f"test example {i} ({task.caption(test, i, meta)}), {len(test.input_ids[i])} tokens",
+                    "maps": attention_snapshot(drawn, pairs, test, i, rp.heatmap_tokens, tokenizer.pad_token_id)})
+    return out

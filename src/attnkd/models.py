@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertPreTrainedModel
 
 from attnkd.errors import UserError
 from attnkd.io import read_json, sha256_file
@@ -67,19 +67,21 @@ def load_tokenizer(model_dir: Path):
         raise UserError(f"{model_dir}: cannot load a tokenizer ({str(err).splitlines()[0]})") from None
 
 
-def load_classifier(model_dir: Path, num_labels: int | None = None, label_names: list[str] | None = None):
-    """Load a sequence classifier with eager attention. With num_labels, the head is sized for
-    them: a checkpoint without a head, or with one for another label count, gets a fresh one."""
-    kwargs = {"attn_implementation": EAGER}
-    if num_labels is not None:
-        names = label_names or [str(i) for i in range(num_labels)]
-        kwargs |= {"num_labels": num_labels, "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}, "ignore_mismatched_sizes": True}
+def load_model(model_dir: Path, task=None, head: dict | None = None):
+    """Load a model of the task's class (default: classification) with eager attention. With
+    `head` (the task's head config, e.g. num_labels and label names), a checkpoint without that
+    head, or with one of another size, gets a fresh one."""
+    if task is None:
+        from attnkd.tasks import get_task
+
+        task = get_task("classification")
+    kwargs = {"attn_implementation": EAGER} | ({**head, "ignore_mismatched_sizes": True} if head else {})
     verify_model_dir(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
         if config.model_type != "bert":
             raise UserError(f"{model_dir}: model_type {config.model_type!r} is not supported yet (BERT-family encoders only)")
-        return AutoModelForSequenceClassification.from_pretrained(str(model_dir), **kwargs)
+        return task.model_class().from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0]})") from None
 
@@ -102,15 +104,17 @@ def student_config(teacher_config: BertConfig, sp: StudentParams) -> BertConfig:
     return config
 
 
-def build_student(teacher: BertForSequenceClassification, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> BertForSequenceClassification:
-    """A fresh student, initialised from the seed, then copied from the teacher as sp.init says.
+def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> BertPreTrainedModel:
+    """A fresh student of the teacher's class (so with the task's head), initialised from the
+    seed, then copied from the teacher as sp.init says.
 
-    `teacher` copies the embeddings and, for each (teacher_layer, student_layer) pair, that
-    teacher layer into the student layer (DistilBERT-style); `embeddings` copies the embeddings
-    only, projected onto the teacher's top principal directions when the student is narrower.
+    `teacher` copies the embeddings, for each (teacher_layer, student_layer) pair that teacher
+    layer into the student layer (DistilBERT-style), and the head (pooler, classifier or span
+    outputs); `embeddings` copies the embeddings only, projected onto the teacher's top principal
+    directions when the student is narrower.
     """
     torch.manual_seed(seed)
-    student = BertForSequenceClassification(student_config(teacher.config, sp))
+    student = type(teacher)(student_config(teacher.config, sp))
     if sp.init == "random":
         return student
     width = teacher.config.hidden_size
@@ -128,13 +132,13 @@ def build_student(teacher: BertForSequenceClassification, sp: StudentParams, lay
             raise UserError("students: init 'teacher' needs num_heads and intermediate_size equal to the teacher's")
         for t_layer, s_layer in layer_pairs:
             student.bert.encoder.layer[s_layer - 1].load_state_dict(teacher.bert.encoder.layer[t_layer - 1].state_dict())
-        student.bert.pooler.load_state_dict(teacher.bert.pooler.state_dict())
-        student.classifier.load_state_dict(teacher.classifier.state_dict())
+        head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(("bert.embeddings.", "bert.encoder."))}
+        student.load_state_dict(head, strict=False)  # pooler and task head
     return student
 
 
 @torch.no_grad()
-def copy_projected_embeddings(teacher: BertForSequenceClassification, student: BertForSequenceClassification, width: int) -> None:
+def copy_projected_embeddings(teacher: BertPreTrainedModel, student: BertPreTrainedModel, width: int) -> None:
     """Word, position and segment embeddings of the teacher (H_t wide) projected onto the top
     `width` principal directions of its centred word embeddings: P = V[:, :width] of the SVD
     W - mean(W) = U S V^T, (H_t, width); each table E becomes E @ P. The student's embedding
@@ -165,7 +169,7 @@ def weights_file(model_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def capture(model: BertForSequenceClassification, layers: list[int], scores: bool = False) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
+def capture(model: BertPreTrainedModel, layers: list[int], scores: bool = False) -> Iterator[dict[int, dict[str, torch.Tensor]]]:
     """Capture Q, K, V projections (B, T, D) of 1-based layers, and with `scores` also their
     pre-softmax scores (B, H, T, T), computed after the forward pass only when asked for.
 

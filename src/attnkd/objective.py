@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 
 from attnkd.errors import UserError
-from attnkd.losses import LOSSES, LossConfig
+from attnkd.losses import LOSSES, LossConfig, resolve_layer_map
 from attnkd.models import capture, forward, layer_tensor
-from attnkd.params import DistillParams, StudentParams
+from attnkd.params import DistillParams, Params, StudentParams
+from attnkd.tasks import Task, get_task, raw_outputs
 
 Pairs = list[tuple[int, int]]
 CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models.capture)
@@ -38,6 +39,14 @@ def wanted_tensors(weights: list[dict[str, float]], pairs: Pairs, attn_mse_on: s
     return {k: sorted({t for t, _ in pairs}) for k in sorted(kinds)}
 
 
+def store_plan(params: Params, teacher_layers: int) -> dict[str, list[int]]:
+    """What the signal store must hold: the tensors every configured method's losses read, for the
+    teacher layers the layer map pairs with a layer of some student in distill.students."""
+    dp = params.distill
+    pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, params.students[name].num_layers)})
+    return wanted_tensors([m.weights() for m in params.methods.values()], pairs, dp.attn_mse_on)
+
+
 def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int = 0) -> None:
     """Fail at load time, naming the params key, when a loss cannot pair these models."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
@@ -55,9 +64,10 @@ class Objective(torch.nn.Module):
     after distillation.
     """
 
-    def __init__(self, weights: dict[str, float], pairs: Pairs, dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int):
+    def __init__(self, weights: dict[str, float], pairs: Pairs, dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int,
+                 task: Task | None = None):
         super().__init__()
-        self.weights, self.pairs = weights, pairs
+        self.weights, self.pairs, self.task = weights, pairs, task or get_task("classification")
         self.cfg = loss_config(dp, sp, teacher_width, teacher_heads)
         self.proj = torch.nn.ModuleDict()
         if any(LOSSES[name].projects for name in weights) and sp.hidden_size != teacher_width:
@@ -70,20 +80,22 @@ class Objective(torch.nn.Module):
             return self.cfg
         return LossConfig(**{**self.cfg.__dict__, "proj": self.proj[str(student_layer)]})
 
-    def forward(self, student, batch: dict, logits_t: torch.Tensor, t: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, student, batch: dict, outputs_t: dict[str, torch.Tensor], t: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The weighted total and every unweighted term: per loss (`attn_kl`), and for the
-        per-layer losses also per pair (`attn_kl/t3-s1`). `t`: (kind, teacher layer) -> tensor."""
+        per-layer losses also per pair (`attn_kl/t3-s1`). `outputs_t`: the teacher's raw outputs
+        (the task's, e.g. {"logits": (B, C)}); `t`: (kind, teacher layer) -> tensor."""
         mask = batch["attention_mask"]  # (B, T)
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
             out = forward(student, batch, output_attentions="attn" in self.kinds, output_hidden_states="hidden" in self.kinds)
-        outputs_s, outputs_t = {"logits": out.logits}, {"logits": logits_t, "labels": batch["labels"]}
+        view_s, view_t = self.task.view(raw_outputs(self.task, out), batch), self.task.view(outputs_t, batch)  # {"logits": (R, C)}
+        targets = self.task.targets(batch)  # {"labels": (R,)}
         terms: dict[str, torch.Tensor] = {}
         per_pair: dict[str, torch.Tensor] = {}
         for name in self.weights:
             loss = LOSSES[name]
             if not loss.per_layer:
-                terms[name] = loss.fn(outputs_s, outputs_t, mask, self.cfg)
+                terms[name] = loss.fn(view_s, targets if loss.gold else view_t, mask, self.cfg)
                 continue
             kinds = loss.reads(self.cfg)
             for tl, sl in self.pairs:

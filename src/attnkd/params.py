@@ -81,8 +81,9 @@ class DataParams(Section):
         return self
 
 
-class TeacherParams(Section):
-    init: str = PACKAGED_MODEL  # the packaged MiniLM, or a local HF model dir (relative to the repo root)
+class TrainingParams(Section):
+    """The training knobs every training stage shares (the teacher's and distill's sections)."""
+
     epochs: PosInt = 2
     batch_size: PosInt = 16
     learning_rate: PosFloat = 1.0e-4
@@ -91,6 +92,10 @@ class TeacherParams(Section):
     eval_batch_size: PosInt = 64
     max_steps: Annotated[int, Field(ge=0)] = 0  # 0 = no cap; >0 stops early (tests)
     checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
+
+
+class TeacherParams(TrainingParams):
+    init: str = PACKAGED_MODEL  # the packaged MiniLM, or a local HF model dir (relative to the repo root)
 
 
 class ExtractParams(Section):
@@ -123,16 +128,13 @@ LayerPair = Annotated[list[PosInt], Field(min_length=2, max_length=2)]
 StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
-class DistillParams(Section):
+class DistillParams(TrainingParams):
+    epochs: PosInt = 4  # the student's defaults differ from the teacher's
+    learning_rate: PosFloat = 6.0e-4
     students: Annotated[list[StudentName], Field(min_length=1), distinct("student")] = ["small"]  # keys of `students` to train
     # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
     # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
     layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
-    epochs: PosInt = 4
-    batch_size: PosInt = 16
-    learning_rate: PosFloat = 6.0e-4
-    weight_decay: Annotated[float, Field(ge=0)] = 0.01
-    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] = 0.1
     temperature: PosFloat = 2.0
     # attention losses with different head counts: per_head needs equal counts; average
     # compares head-averaged maps. Relation losses use relation_heads on both sides instead.
@@ -142,9 +144,6 @@ class DistillParams(Section):
     # store: read the teacher's signals written by extract (the teacher never runs here);
     # online: run the teacher on every batch instead (for inputs the store cannot cover).
     signals: Literal["store", "online"] = "store"
-    eval_batch_size: PosInt = 64
-    max_steps: Annotated[int, Field(ge=0)] = 0
-    checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
 
     @field_validator("layer_map", mode="before")
     @classmethod
@@ -184,7 +183,8 @@ class ComputeParams(Section):
 
 
 class EvaluateParams(Section):
-    models: Annotated[list[str], Field(min_length=1)] = ["teacher", "ce", "kd", "at", "kd_at"]
+    """The teacher and every student of distill.students x methods x student_seeds are evaluated."""
+
     batch_size: PosInt = 64  # predictions, attention agreement, and the throughput batch
     latency_examples: PosInt = 32
     latency_repeats: PosInt = 5  # also the repeats of the throughput measurement
@@ -204,6 +204,7 @@ Seed = Annotated[int, Field(ge=0)]
 
 
 class Params(Section):
+    task: str = "classification"  # a name in attnkd.tasks.TASKS: what the models predict
     seed: Seed = 42  # splits and the teacher
     student_seeds: Annotated[list[Seed], Field(min_length=1), distinct("seed")] = [42, 43, 44]  # one student per seed and method
     data: DataParams = DataParams()
@@ -221,6 +222,15 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     report: ReportParams = ReportParams()
 
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str) -> str:
+        from attnkd.tasks import TASKS  # tasks import models, which import params
+
+        if name not in TASKS:
+            raise ValueError(f"{name!r} is not a task (have {', '.join(sorted(TASKS))})")
+        return name
+
     @field_validator("methods")
     @classmethod
     def _method_names(cls, methods: dict[str, MethodWeights]) -> dict[str, MethodWeights]:
@@ -234,13 +244,6 @@ class Params(Section):
         for name in self.distill.students:
             if name not in self.students:
                 raise ValueError(f"distill.students names {name!r}, which is not a key of students ({', '.join(self.students)})")
-        return self
-
-    @model_validator(mode="after")
-    def _evaluated_models_exist(self) -> Params:
-        for name in self.evaluate.models:
-            if name != "teacher" and name not in self.methods:
-                raise ValueError(f"evaluate.models names {name!r}, which is neither 'teacher' nor a key of methods")
         return self
 
 

@@ -209,3 +209,68 @@ class Document:
     def to_html(self) -> str:
         body = "\n".join(self.html)
         return f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(self.title)}</title><style>{CSS}</style></head>\n<body>\n{body}\n</body></html>\n'
+
+
+# ---------------------------------------------------------------------------- the report document
+
+
+def report_document(params, summary: dict, results: dict, groups: dict[str, list[str]], images: dict[str, bytes], heatmaps: dict[str, bytes],
+                    meta: dict, data_report: dict) -> Document:
+    """The whole report: quality, efficiency, attention agreement and heatmaps, per class, per
+    seed, curves, data and setup. `images`: the figures by file name; `heatmaps`: those of them
+    that are attention heatmaps (`attention_<example>.png`)."""
+    rp, digits = params.report, params.report.digits
+    students = params.distill.students
+    methods = list(params.methods)
+    doc = Document(rp.title)
+    one_seed = len(params.student_seeds) == 1
+    doc.heading("Quality on the test split")
+    doc.table(quality_table(summary, digits))
+    doc.para(
+        f"Mean ± standard deviation over {len(params.student_seeds)} student seed(s) ({', '.join(map(str, params.student_seeds))}); "
+        f"the teacher is one model (seed {params.seed}). ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. "
+        + ("One seed per method: the report cannot judge significance (seed-to-seed variation is unknown); list 3 or more `student_seeds`."
+           if one_seed else
+           f"Δ and p against the `{BASELINE}` student (the same student architecture trained with `{BASELINE}` alone): {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "
+           f"(the same seed gives both students the same initialisation and data order).")
+    )
+    doc.heading("Efficiency")
+    doc.table(efficiency_table(summary))
+    doc.para(f"All models measured in one process on the same test examples, one CPU thread, repeats round-robin over the models: "
+             f"latency is the median batch-1 forward time over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
+             f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
+             f"in batches of {params.evaluate.batch_size}. Speed-up: teacher latency / model latency.")
+    doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], "Accuracy versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
+    agreement = agreement_table(summary, digits)
+    if len(agreement):
+        doc.heading("Attention agreement with the teacher")
+        doc.table(agreement)
+        doc.para("Mean Jensen-Shannon divergence (bits: 0 = the same attention, 1 = disjoint) between the student's and the teacher's "
+                 "attention rows over the test split, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
+                 "match, else between head-averaged maps.")
+    for name, image in heatmaps.items():
+        doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {name.split('_')[1].split('.')[0]} "
+                   f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair.")
+    doc.heading("Per class (F1, mean over seeds)")
+    doc.table(per_class_table(summary, digits))
+    doc.heading("Accuracy per seed")
+    doc.table(seed_table(results, groups, digits))
+    doc.heading("Training curves")
+    doc.figure("figures/curves.png", images["curves.png"], "Validation accuracy and training loss per epoch: the mean over seeds, and the seeds' range as a band.")
+    doc.heading("Data")
+    doc.table(data_table(data_report))
+    doc.para(data_note(data_report))
+    splits = ", ".join(f"{k} {v['examples']}" for k, v in meta["splits"].items())
+    doc.heading("Setup")
+    doc.bullets([
+        f"data: {meta['source']}, {len(meta['label_names'])} classes ({', '.join(meta['label_names'])}); "
+        f"splits: {splits}; max length {meta['max_length']} tokens",
+        *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
+          f"init `{sp.init}`" for name, sp in ((n, params.students[n]) for n in students)),
+        f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
+        f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
+        f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
+        *(f"`{m}`: " + ", ".join(f"{k} {v:g}" for k, v in params.methods[m].weights().items()) for m in methods),
+    ])
+
+    return doc

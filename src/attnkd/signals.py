@@ -1,8 +1,10 @@
-"""The teacher signal store: soft logits and the tensors the distil losses need, extracted once.
+"""The teacher signal store: the teacher's outputs and the tensors the distil losses need, extracted once.
 
 Layout of a store directory:
     manifest.json          what is stored and the sha256 of every file (checked before use)
-    logits.npy             (N, C) float32 teacher logits
+    {output}.npy           the teacher's raw outputs, float32, as the task names them: per example
+                           (N, C) (classification: logits.npy), or per token, flat, example i's
+                           (n_i,) at offset sum_{j<i} n_j (span start/end logits)
     lengths.npy            (N,) int32 real-token count of each example
     {kind}_layer{l}.npy    flat array of one kind of tensor for teacher layer l (1-based):
                            square kinds (attn: probabilities, scores: Q K^T / sqrt(d)) store
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import json
 import mmap
+import re
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +37,7 @@ from attnkd.io import atomic_write_json, sha256_file
 
 FORMAT = "attnkd-signals/2"
 SQUARE = ("attn", "scores")  # (H, n, n) per example; every other kind is (n, D)
+LAYER_FILE = re.compile(r"^\w+_layer\d+\.npy$")
 NP_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}  # numpy has no bfloat16: raw bits
 
 
@@ -60,21 +64,26 @@ def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarra
 
 @torch.no_grad()
 def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict,
-            compute: Compute = CPU) -> dict:
+            compute: Compute = CPU, task=None) -> dict:
     """Run the teacher once over `split` and write the store into `out_dir` (exists, empty).
 
-    `wanted` maps a tensor kind to the teacher layers to store it for. The teacher runs on
-    compute.device at compute.precision; what is stored is in `dtype` whatever the precision.
+    `wanted` maps a tensor kind to the teacher layers to store it for. The teacher's raw outputs
+    (the task's `outputs`, default classification logits) are stored in float32: an "example"
+    output as (N, C) `<name>.npy`, a "token" output ragged, (n_i,) per example. The teacher runs
+    on compute.device at compute.precision; what is stored is in `dtype` whatever the precision.
     """
     from attnkd.data import collate
+    from attnkd.tasks import get_task
 
+    task = task or get_task("classification")
     model.eval()
     np_dtype = NP_DTYPES[dtype]
     heads, width = model.config.num_attention_heads, model.config.hidden_size
     lengths = split.lengths
     wanted = {k: sorted(set(v)) for k, v in wanted.items() if v}
     starts = {k: offsets(lengths, k, heads, width) for k in wanted}
-    logits = np.zeros((len(split), model.config.num_labels), dtype=np.float32)
+    token_starts = offsets(lengths, "token", 1, 1)
+    outputs: dict[str, np.ndarray] = {}  # name -> (N, C) or flat (sum n,), allocated at the first batch
     files = {
         (k, l): np.lib.format.open_memmap(out_dir / f"{k}_layer{l}.npy", mode="w+", dtype=np_dtype, shape=(int(starts[k][-1]),))
         for k, layers in wanted.items()
@@ -82,8 +91,15 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     }
     for idx in tqdm(length_batches(lengths, batch_size), desc="extract", unit="batch"):
         with compute.autocast():
-            batch_logits, tensors = online_batch(model, to_device(collate(split, idx, pad_id), compute.device), wanted)
-        logits[idx] = batch_logits.cpu().numpy()
+            batch_outputs, tensors = online_batch(model, to_device(collate(split, idx, pad_id), compute.device), wanted, task)
+        for name, value in batch_outputs.items():
+            x = value.cpu().numpy()  # (B, C) or (B, T)
+            if task.outputs[name] == "example":
+                outputs.setdefault(name, np.zeros((len(split), x.shape[1]), dtype=np.float32))[idx] = x
+            else:
+                flat = outputs.setdefault(name, np.zeros(int(token_starts[-1]), dtype=np.float32))
+                for row, i in enumerate(idx):
+                    flat[token_starts[i] : token_starts[i + 1]] = x[row, : lengths[i]]
         for (kind, l), flat in files.items():
             x = tensors[(kind, l)].cpu().numpy()  # (B, H, T, T) or (B, T, D)
             for row, i in enumerate(idx):
@@ -93,7 +109,8 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     for m in files.values():
         m.flush()
     del files
-    np.save(out_dir / "logits.npy", logits)
+    for name, arr in outputs.items():
+        np.save(out_dir / f"{name}.npy", arr)
     np.save(out_dir / "lengths.npy", lengths.astype(np.int32))
     listing = {}
     for path in sorted(out_dir.glob("*.npy")):
@@ -136,8 +153,12 @@ class SignalStore:
             raise UserError(f"{path}: format {self.manifest.get('format')!r} is not {FORMAT!r}; re-run `dvc repro extract`")
         if verify:
             self._verify()
-        self.logits = np.load(self.root / "logits.npy", mmap_mode="r")
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
+        # the teacher's raw outputs: every listed file but the lengths and the layer tensors;
+        # (N, C) per example, or flat (sum n,) per token
+        names = [Path(f).stem for f in self.manifest["files"] if f != "lengths.npy" and not LAYER_FILE.match(f)]
+        self.outputs = {name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in names}
+        self.token_starts = offsets(self.lengths, "token", 1, 1)
         self.heads, self.width = int(self.manifest["heads"]), int(self.manifest["width"])
         self.dtype = self.manifest["dtype"]
         self.tensors = {k: [int(l) for l in v] for k, v in self.manifest["tensors"].items()}
@@ -170,9 +191,10 @@ class SignalStore:
             raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
 
     def batch(self, idx: np.ndarray, t: int, wanted: dict[str, list[int]] | None = None) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-        """Teacher logits (B, C) and, per wanted (kind, layer) (default: all), zero-padded
-        (B, H, t, t) or (B, t, D). Only what is asked for is read from disk."""
-        logits = torch.from_numpy(np.asarray(self.logits[idx], dtype=np.float32))
+        """The teacher's raw outputs, (B, C) per example or zero-padded (B, t) per token, and per
+        wanted (kind, layer) (default: all), zero-padded (B, H, t, t) or (B, t, D). Only what is
+        asked for is read from disk."""
+        outputs = {name: torch.from_numpy(self._output(arr, idx, t)) for name, arr in self.outputs.items()}
         keys = self.files if wanted is None else [(k, l) for k, ls in wanted.items() for l in ls]
         out = {}
         for kind, l in keys:
@@ -189,37 +211,46 @@ class SignalStore:
                     x[row, :n] = part.reshape(n, self.width)
             out[(kind, l)] = torch.from_numpy(x)
         self._release()
-        return logits, out
+        return outputs, out
+
+    def _output(self, arr: np.ndarray, idx: np.ndarray, t: int) -> np.ndarray:
+        if arr.ndim == 2:
+            return np.asarray(arr[idx], dtype=np.float32)  # (B, C)
+        x = np.zeros((len(idx), t), dtype=np.float32)  # (B, t)
+        for row, i in enumerate(idx):
+            x[row, : self.lengths[i]] = arr[self.token_starts[i] : self.token_starts[i + 1]]
+        return x
 
     def _release(self) -> None:
         """Unmap the pages read so far. They stay in the page cache (a later epoch reads them from
         memory), but leave this process: the kernel maps up to 64 KiB around every page read, so
         without this the resident memory of an epoch would grow towards the size of the store."""
-        for arr in (self.logits, *self.files.values()):
+        for arr in (*self.outputs.values(), *self.files.values()):
             mapping = getattr(arr, "_mmap", None)  # np.memmap's mmap object
             if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
                 mapping.madvise(mmap.MADV_DONTNEED)
 
 
 @torch.no_grad()
-def online_batch(teacher, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+def online_batch(teacher, batch: dict, wanted: dict[str, list[int]], task=None) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """The same signals as SignalStore.batch, from a teacher run on the batch now (eval mode).
 
     Padded positions hold whatever the teacher computed there; every loss masks them.
     """
     from attnkd.models import capture, forward, layer_tensor
+    from attnkd.tasks import get_task, raw_outputs
 
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
         out = forward(teacher, batch, output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted)
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
-    return out.logits.float(), tensors
+    return {k: v.float() for k, v in raw_outputs(task or get_task("classification"), out).items()}, tensors
 
 
-def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
+def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]], task=None) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """The teacher's signals for one batch: read from a SignalStore, or from a teacher run now."""
     if isinstance(source, SignalStore):
         device = batch["input_ids"].device
-        logits, tensors = source.batch(idx, batch["attention_mask"].shape[1], wanted)
-        return logits.to(device), {k: v.to(device) for k, v in tensors.items()}
-    return online_batch(source, batch, wanted)
+        outputs, tensors = source.batch(idx, batch["attention_mask"].shape[1], wanted)
+        return {k: v.to(device) for k, v in outputs.items()}, {k: v.to(device) for k, v in tensors.items()}
+    return online_batch(source, batch, wanted, task)

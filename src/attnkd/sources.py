@@ -242,14 +242,14 @@ def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> d
         if reason:
             raise UserError(
                 f"data.hub_name {name!r}: the Hugging Face hub cannot be reached ({reason}); download the files and set "
-                "data.source: files, data.dir and data.splits (README: Data), or set HF_HUB_OFFLINE=1 to use the local datasets cache"
+                "data.source: files, data.dir and data.splits (docs/data.md), or set HF_HUB_OFFLINE=1 to use the local datasets cache"
             )
     try:
         loaded = datasets.load_dataset(name, config or None)
     except Exception as err:  # offline: ConnectionError, OSError, or the hub client's own types
         raise UserError(
             f"data.hub_name {name!r}: cannot load it from the Hugging Face hub ({type(err).__name__}); "
-            "offline the hub cannot be reached: download the files and set data.source: files, data.dir and data.splits (README: Data)"
+            "offline the hub cannot be reached: download the files and set data.source: files, data.dir and data.splits (docs/data.md)"
         ) from None
     out = {}
     for split, hub_split in splits.items():

@@ -58,11 +58,12 @@ def model_groups(students: list[str], models: list[str], seeds: list[int]) -> di
     return groups
 
 
-def save_trained(run, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
+def save_trained(run, task, model, tokenizer, history: list[dict], record: dict, out: Path, metrics: Path, curve: Path) -> dict:
     """Write what a training stage leaves behind: the model dir (HF save_pretrained, tokenizer
-    and `attnkd.json` with `record` and the sha256 of every file), the curve and the best-epoch metrics; log them to `run`."""
-    best = max(history, key=lambda h: h["val_accuracy"])
-    summary = {"best_epoch": best["epoch"], "val_accuracy": best["val_accuracy"], "val_f1_macro": best["val_f1_macro"]}
+    and `attnkd.json` with `record` and the sha256 of every file), the curve and the best-epoch
+    metrics (the task's summary metrics on validation); log them to `run`."""
+    best = max(history, key=lambda h: h[f"val_{task.select_by}"])  # the first of equals, as fit keeps
+    summary = {"best_epoch": best["epoch"]} | {f"val_{k}": best[f"val_{k}"] for k in task.summary_metrics}
     run.log_metrics({f"best/{k}": v for k, v in summary.items()}, best["epoch"])
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -2,7 +2,7 @@
 
 Data order is drawn from its own generator seeded by the stage's seed, and fixed for all epochs
 before training starts, so every method of one distillation matrix sees the same batches in the
-same order. The checkpoint with the best validation accuracy is kept (earliest on ties).
+same order. The checkpoint with the best validation score (the task's `select_by`) is kept (earliest on ties).
 
 With N processes (torchrun), the global batches are those of one process with N times the
 batch size; process r takes every N-th example of each from r. DistributedDataParallel
@@ -25,7 +25,7 @@ from attnkd.checkpoint import Checkpoints, rng_state, set_rng_state
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches, padded_fraction
 from attnkd.errors import UserError
-from attnkd.metrics import classification_metrics, predict
+from attnkd.tasks import Task
 
 # (model, batch, example indices) -> unweighted loss terms and the weighted total
 StepLoss = Callable[[torch.nn.Module, dict, np.ndarray], tuple[torch.Tensor, dict[str, torch.Tensor]]]
@@ -41,6 +41,12 @@ class Budget:
     max_steps: int
     eval_batch_size: int
     seed: int
+
+
+def budget_of(section, seed: int) -> Budget:
+    """The budget of a training section of params (teacher or distill: params.TrainingParams)."""
+    return Budget(section.epochs, section.batch_size, section.learning_rate, section.weight_decay, section.warmup_ratio,
+                  section.max_steps, section.eval_batch_size, seed)
 
 
 def epoch_orders(train: Split, budget: Budget, world: int = 1) -> list[list[np.ndarray]]:
@@ -79,10 +85,23 @@ def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
     return opt, sched
 
 
-def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str,
+def apply_gradients(loss: torch.Tensor, trainable: torch.nn.Module, opt, sched, scaler) -> None:
+    """One optimiser step from a loss: backward (scaled for fp16), gradient clipping to norm 1.0,
+    AdamW, the learning-rate schedule. The step of `fit`, and of the benchmarks that time it."""
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def fit(model, task: Task, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pad_id: int, run, desc: str,
         extra: torch.nn.Module | None = None, ckpt: Checkpoints | None = None, resume: dict | None = None,
         compute: Compute = CPU) -> list[dict]:
-    """Train `model` in place, leave it at its best validation epoch; return the per-epoch history.
+    """Train `model` in place, leave it at its best validation epoch by the task's selection
+    metric; return the per-epoch history.
 
     `extra` holds trainable parts of the objective that are not the model (e.g. projections).
     With `ckpt`, the whole training state is saved every `ckpt.every` steps and at each epoch
@@ -134,13 +153,7 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
                 loss, terms = stepper(to_device(collate(train, local, pad_id), compute.device), local)
             check_finite(loss, terms, step)
             share = len(local) * compute.world / len(idx)  # DDP averages processes: weight each by its examples
-            scaler.scale(loss * share).backward()  # share is 1.0 with one process: the same gradient bit for bit
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(trainable.parameters(), 1.0)
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            apply_gradients(loss * share, trainable, opt, sched, scaler)  # share is 1.0 with one process: the same gradient bit for bit
             step += 1
             n_steps += 1
             names = ["loss", *terms]
@@ -154,13 +167,13 @@ def fit(model, train: Split, val: Split, budget: Budget, step_loss: StepLoss, pa
             bar.set_postfix(loss=f"{values['loss']:.4f}")
             if ckpt and ckpt.every and step % ckpt.every == 0:
                 save()
-        metrics = classification_metrics(val.labels, predict(model, val, budget.eval_batch_size, pad_id, compute))
+        metrics = task.metrics(val, task.predict(model, val, budget.eval_batch_size, pad_id, compute))
         run.log_metrics({f"val/{k}": v for k, v in metrics.items()}, step)
         row = {"epoch": epoch, "steps": n_steps, "padded_fraction": padded_fraction(train.lengths, order)}
         row |= {f"train_{k}": v / max(n_steps, 1) for k, v in sums.items()} | {f"val_{k}": v for k, v in metrics.items()}
         history.append(row)
-        if metrics["accuracy"] > best:
-            best, best_state = metrics["accuracy"], {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if metrics[task.select_by] > best:
+            best, best_state = metrics[task.select_by], {k: v.detach().clone() for k, v in model.state_dict().items()}
         sums, n_steps = {}, 0
         if ckpt and ckpt.every:
             save()

@@ -1,0 +1,32 @@
+"""Stage plan: the teacher tensors the signal store must hold, and for which layers.
+
+The union, over every configured method and student in distill.students, of the tensor kinds the
+methods' losses read (losses.LOSSES) at the teacher layers the layer map pairs with a student
+layer. Written as a small JSON file that extract depends on, instead of on the methods' weights:
+a change of loss weights that needs no other tensor leaves the file byte-identical, so DVC does
+not re-run extract (nor any student but the changed method's).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from attnkd.errors import run_stage
+from attnkd.io import atomic_write_json, read_json
+from attnkd.objective import store_plan
+from attnkd.stage import parser, setup
+
+
+def main() -> None:
+    p = parser(__doc__)
+    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir (its depth)")
+    p.add_argument("--out", type=Path, required=True, help="the plan (JSON)")
+    args = p.parse_args()
+    params = setup(args.params)
+    wanted = store_plan(params, int(read_json(args.teacher / "config.json")["num_hidden_layers"]))
+    atomic_write_json(args.out, {"tensors": wanted})
+    print(f"plan: store {wanted or 'logits only'} -> {args.out}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

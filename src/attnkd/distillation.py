@@ -1,0 +1,74 @@
+"""One distillation run, assembled in one place: the distill stage, both benchmarks and the tests
+build it here, so they train exactly what `dvc repro` trains.
+
+For one student architecture, method and seed: the layer pairs, the compatibility checks, the
+teacher tensors the method reads, the student (its initialisation fixed by the seed), the
+objective, the budget and the record written beside the model. The teacher's signals come from
+the signal store, or from the teacher run on every batch (`online`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from attnkd.errors import UserError
+from attnkd.losses import resolve_layer_map
+from attnkd.models import build_student
+from attnkd.objective import Objective, check_compatible, wanted_tensors
+from attnkd.params import Params
+from attnkd.signals import SignalStore, teacher_batch
+from attnkd.tasks import Task, get_task
+from attnkd.train import Budget, budget_of
+
+
+@dataclass
+class StoreInputs:
+    """What a store must have been extracted from: checked before any training."""
+
+    inputs_sha256: str  # of the prepared training split's token ids
+    teacher_sha256: str  # of the teacher's weights file
+    examples: int  # of the training split
+
+
+@dataclass
+class DistillRun:
+    task: Task
+    student: torch.nn.Module
+    objective: Objective  # holds the trainable projections some losses learn
+    source: SignalStore | torch.nn.Module  # the store, or the teacher (online)
+    wanted: dict[str, list[int]]  # teacher tensor kind -> teacher layers the method reads
+    pairs: list[tuple[int, int]]  # (teacher layer, student layer), 1-based
+    budget: Budget
+    record: dict  # what built the student: written to its attnkd.json and the checkpoint key
+
+    def step_loss(self, model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The teacher's signals for the batch (store or online), then the method's objective."""
+        outputs_t, tensors_t = teacher_batch(self.source, idx, batch, self.wanted, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
+        return self.objective(model, batch, outputs_t, tensors_t)
+
+
+def assemble(params: Params, student: str, method: str, seed: int, teacher: torch.nn.Module, store: SignalStore | None,
+             expect: StoreInputs | None = None) -> DistillRun:
+    """The run of `student` x `method` x `seed`, reading the teacher's signals from `store`, or
+    from `teacher` itself when `store` is None. With `expect`, the store must come from those
+    inputs and this teacher, and hold what the method reads."""
+    dp, sp = params.distill, params.students[student]
+    weights = params.methods[method].weights()
+    task = get_task(params.task)
+    cfg = teacher.config
+    pairs = resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, sp.num_layers)
+    check_compatible(weights, dp, sp, cfg.num_attention_heads, cfg.hidden_size)
+    wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
+    if store is not None and expect is not None:
+        store.require(wanted, expect.inputs_sha256, expect.teacher_sha256)
+        if store.manifest["num_examples"] != expect.examples:
+            raise UserError(f"{store.root / 'manifest.json'}: {store.manifest['num_examples']} examples, training split has {expect.examples}; "
+                            "re-run `dvc repro extract`")
+    model = build_student(teacher, sp, pairs, seed)  # seeds its own initialisation
+    objective = Objective(weights, pairs, dp, sp, cfg.hidden_size, cfg.num_attention_heads, task)  # after the student: its projections draw next
+    record = {"seed": seed, "student": student, "method": method, "weights": weights, "architecture": sp.model_dump(),
+              "distill": dp.model_dump(), "layer_pairs": pairs}
+    return DistillRun(task, model, objective, store if store is not None else teacher.eval(), wanted, pairs, budget_of(dp, seed), record)

