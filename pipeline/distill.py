@@ -9,7 +9,6 @@ differ only in their loss weights.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
@@ -26,16 +25,12 @@ from attnkd.train import fit
 
 
 def main() -> None:
-    p = parser(__doc__)
+    p = parser(__doc__, prepared="prepared data dir", teacher="teacher model dir (config, tokenizer, init weights)",
+               signal_store="signal store dir (not --signals: torchrun would take that for its --signals-to-handle)",
+               out="student model dir", metrics="best-epoch metrics JSON", curve="per-epoch training curve TSV")
     p.add_argument("--student", required=True, help="a name in distill.students (its architecture: students.<name>)")
     p.add_argument("--method", required=True, help="a key of `methods` in params")
     p.add_argument("--seed", type=int, required=True, help="student seed (initialisation and data order), one of student_seeds")
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir (config, tokenizer, init weights)")
-    p.add_argument("--signal-store", type=Path, required=True, help="signal store dir (not --signals: torchrun would take that for its --signals-to-handle)")
-    p.add_argument("--out", type=Path, required=True, help="student model dir")
-    p.add_argument("--metrics", type=Path, required=True)
-    p.add_argument("--curve", type=Path, required=True)
     args = p.parse_args()
     params = setup(args.params)
     if args.method not in params.methods:
@@ -51,9 +46,9 @@ def main() -> None:
     meta = data.load_meta(args.prepared)
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
     teacher, tokenizer = load_model(args.teacher, get_task(params.task)), load_tokenizer(args.teacher)
-    inputs = {"prepared": meta["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
+    inputs = {"prepared": meta.model_dump()["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
     online = params.distill.signals == "online"
-    expect = StoreInputs(meta["splits"]["train"]["inputs_sha256"], inputs["teacher_sha256"], len(train))
+    expect = StoreInputs(meta.splits["train"].inputs_sha256, inputs["teacher_sha256"], len(train))
     run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
                    None if online else SignalStore(args.signal_store), expect)
     del teacher  # in store mode only its weights for initialisation were needed

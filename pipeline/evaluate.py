@@ -9,27 +9,23 @@ report), and the attention maps the report draws (reports/attention.json).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
 from attnkd import data
+from attnkd.artifacts import ModelRecord
 from attnkd.errors import UserError, run_stage
-from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
-from attnkd.metrics import attention_agreement, efficiency, heatmap_data
-from attnkd.models import count_parameters, load_model, load_tokenizer, weights_file
+from attnkd.io import atomic_write_files, atomic_write_json, json_text
+from attnkd.metrics import attention_agreement, efficiency, heatmap_data, model_identity, model_size
+from attnkd.models import load_model, load_tokenizer
 from attnkd.stage import model_groups, parser, setup
 from attnkd.tasks import get_task
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
-    p.add_argument("--students", type=Path, required=True, help="dir of the student model dirs (<student>-<method>-s<seed>)")
-    p.add_argument("--metrics-dir", type=Path, required=True, help="one metrics JSON per model")
-    p.add_argument("--predictions-dir", type=Path, required=True, help="one predictions CSV per model")
-    p.add_argument("--attention", type=Path, required=True, help="the report's attention heatmap data (JSON)")
+    p = parser(__doc__, prepared="prepared data dir", teacher="teacher model dir", students="dir of the student model dirs (<student>-<method>-s<seed>)",
+               metrics_dir="one metrics JSON per model", predictions_dir="one predictions CSV per model",
+               attention="the report's attention heatmap data (JSON)")
     args = p.parse_args()
     params = setup(args.params)
     ep = params.evaluate
@@ -43,21 +39,17 @@ def main() -> None:
             raise UserError(f"{d}: no such model dir; distill.students, methods and student_seeds name {name} (train it with `dvc repro`)")
     task = get_task(params.task)
     models = {name: load_model(d, task) for name, d in dirs.items()}
-    records = {name: read_json(d / "attnkd.json") if (d / "attnkd.json").is_file() else {} for name, d in dirs.items()}
+    records = {name: ModelRecord.read(d) if (d / ModelRecord.FILE).is_file() else None for name, d in dirs.items()}
     tokenizer = load_tokenizer(args.teacher)
     pad_id = tokenizer.pad_token_id
 
     results, predictions = {}, {}
     for name, model in models.items():
         quality, predictions[name] = task.evaluation(test, task.predict(model, test, ep.batch_size, pad_id), meta, ep.calibration_bins)
-        record = records[name]
-        results[name] = {"model": name, "student": record.get("student", "teacher"), "method": record.get("method", "teacher"), "seed": record.get("seed", params.seed),
-                         **quality,
-                         "params": count_parameters(model), "size_mb": round(weights_file(dirs[name]).stat().st_size / 1e6, 3),
-                         "test_examples": len(test)}
+        results[name] = model_identity(name, records[name], params.seed) | quality | model_size(model, dirs[name]) | {"test_examples": len(test)}
         print(f"evaluate {name}: {task.select_by} {results[name][task.select_by]:.4f}")
 
-    students = {n: (m, [tuple(p) for p in records[n]["layer_pairs"]]) for n, m in models.items() if n != "teacher"}
+    students = {n: (m, records[n].layer_pairs) for n, m in models.items() if n != "teacher"}
     for name, layers in attention_agreement(models["teacher"], students, test, ep.batch_size, pad_id).items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
 
@@ -66,12 +58,8 @@ def main() -> None:
         results[name] |= {"latency_ms": round(t["latency_ms"], 3), "throughput_eps": round(t["throughput_eps"], 1)}
         print(f"evaluate {name}: latency {t['latency_ms']:.2f} ms, throughput {t['throughput_eps']:.0f} examples/s")
 
-    with atomic_dir(args.metrics_dir) as tmp:
-        for name, result in results.items():
-            atomic_write_json(tmp / f"{name}.json", result)
-    with atomic_dir(args.predictions_dir) as tmp:
-        for name, text in predictions.items():
-            atomic_write_text(tmp / f"{name}.csv", text)
+    atomic_write_files(args.metrics_dir, {f"{name}.json": json_text(result) for name, result in results.items()})
+    atomic_write_files(args.predictions_dir, {f"{name}.csv": text for name, text in predictions.items()})
     atomic_write_json(args.attention, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report))
     print(f"evaluate: {len(results)} models -> {args.metrics_dir}, {args.predictions_dir}, {args.attention}")
 

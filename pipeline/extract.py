@@ -21,11 +21,8 @@ from attnkd.tasks import get_task
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir")
+    p = parser(__doc__, prepared="prepared data dir", teacher="teacher model dir", out="signal store dir")
     p.add_argument("--plan", type=Path, help="the tensors to store, written by the plan stage (default: worked out from params)")
-    p.add_argument("--out", type=Path, required=True, help="signal store dir")
     args = p.parse_args()
     params = setup(args.params)
     compute = start(params.compute.device, params.compute.precision)
@@ -41,13 +38,13 @@ def main() -> None:
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
-        "inputs_sha256": meta["splits"]["train"]["inputs_sha256"],
-        "max_length": meta["max_length"],
+        "inputs_sha256": meta.splits["train"].inputs_sha256,
+        "max_length": meta.max_length,
         "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
     }
     with atomic_dir(args.out) as tmp:
         manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, compute, task)
-    size = sum(f["bytes"] for f in manifest["files"].values())
+    size = sum(f.bytes for f in manifest.files.values())
     print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}")
 
 

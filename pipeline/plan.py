@@ -9,7 +9,6 @@ not re-run extract (nor any student but the changed method's).
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from attnkd.errors import run_stage
 from attnkd.io import atomic_write_json, read_json
@@ -18,9 +17,7 @@ from attnkd.stage import parser, setup
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--teacher", type=Path, required=True, help="teacher model dir (its depth)")
-    p.add_argument("--out", type=Path, required=True, help="the plan (JSON)")
+    p = parser(__doc__, teacher="teacher model dir (its depth)", out="the plan (JSON)")
     args = p.parse_args()
     params = setup(args.params)
     wanted = store_plan(params, int(read_json(args.teacher / "config.json")["num_hidden_layers"]))

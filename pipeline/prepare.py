@@ -19,16 +19,14 @@ REPO = Path(__file__).resolve().parents[1]  # a relative data.dir is relative to
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--out", type=Path, required=True, help="prepared data dir")
-    p.add_argument("--report", type=Path, required=True, help="data report (JSON)")
+    p = parser(__doc__, out="prepared data dir", report="data report (JSON)")
     args = p.parse_args()
     params = setup(args.params)
     with atomic_dir(args.out) as tmp:
         meta, report = get_task(params.task).prepare(params, REPO, tmp)
         atomic_write_json(args.report, report)
-    sizes = ", ".join(f"{k}: {v['examples']}" for k, v in meta["splits"].items())
-    print(f"prepared {sizes} ({len(meta['label_names'])} classes, {report['task']}) -> {args.out}; data report -> {args.report}")
+    sizes = ", ".join(f"{k}: {v.examples}" for k, v in meta.splits.items())
+    print(f"prepared {sizes} ({len(meta.label_names)} classes, {report['task']}) -> {args.out}; data report -> {args.report}")
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 
 from attnkd import figures
+from attnkd.artifacts import PreparedMeta
 from attnkd.errors import UserError, run_stage
-from attnkd.io import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from attnkd.io import atomic_write_files, atomic_write_json, atomic_write_text, read_json
 from attnkd.params import load_params
 from attnkd.reporting import BASELINE, report_document, summarize
 from attnkd.stage import group_label, model_groups, parser
@@ -31,12 +32,9 @@ def read_frame(path: Path, **kwargs) -> pd.DataFrame:
 
 
 def main() -> None:
-    p = parser(__doc__)
-    for name, what in (("metrics-dir", "evaluate's metrics"), ("predictions-dir", "evaluate's predictions"), ("curves-dir", "training curves"),
-                       ("prepared", "prepared data (meta.json)"), ("data-report", "prepare's data report (JSON)"),
-                       ("attention", "evaluate's attention heatmap data (JSON)"), ("out", "report markdown; report.html and figures/ go beside it"),
-                       ("summary", "summary metrics JSON"), ("points", "accuracy-latency points CSV (DVC plot)")):
-        p.add_argument(f"--{name}", type=Path, required=True, help=what)
+    p = parser(__doc__, metrics_dir="evaluate's metrics", predictions_dir="evaluate's predictions", curves_dir="training curves",
+               prepared="prepared data dir (meta.json)", data_report="prepare's data report (JSON)", attention="evaluate's attention heatmap data (JSON)",
+               out="report markdown; report.html and figures/ go beside it", summary="summary metrics JSON", points="accuracy-latency points CSV (DVC plot)")
     args = p.parse_args()
     params = load_params(args.params)
     students, methods = params.distill.students, list(params.methods)
@@ -55,15 +53,11 @@ def main() -> None:
     points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], "accuracy": results[n]["accuracy"]}
                            for m, models in groups.items() for n in models])
     images = {"curves.png": figures.training_curves(curves, rows), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows)}
-    heatmaps = {f"attention_{h['example']}.png": figures.attention_heatmaps(
-        {model: {tuple(map(int, key[1:].split("-s"))): np.asarray(m, dtype=np.float32) for key, m in maps.items()} for model, maps in h["maps"].items()},
-        h["tokens"], h["title"]) for h in read_json(args.attention)}
+    heatmaps = figures.attention_figures(read_json(args.attention))
     images |= heatmaps
-    doc = report_document(params, summary, results, groups, images, heatmaps, read_json(args.prepared / "meta.json"), read_json(args.data_report))
+    doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report))
 
-    with atomic_dir(args.out.parent / "figures") as tmp:
-        for name, image in images.items():
-            (tmp / name).write_bytes(image)
+    atomic_write_files(args.out.parent / "figures", images)
     atomic_write_text(args.points, points.to_csv(index=False))
     atomic_write_text(args.out.with_suffix(".html"), doc.to_html())
     atomic_write_text(args.out, doc.markdown())

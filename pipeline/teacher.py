@@ -8,7 +8,6 @@ Runs on compute.device at compute.precision; under torchrun, data-parallel over 
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
@@ -22,11 +21,7 @@ from attnkd.train import budget_of, fit
 
 
 def main() -> None:
-    p = parser(__doc__)
-    p.add_argument("--prepared", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True, help="teacher model dir")
-    p.add_argument("--metrics", type=Path, required=True, help="training metrics JSON")
-    p.add_argument("--curve", type=Path, required=True, help="per-epoch training curve TSV")
+    p = parser(__doc__, prepared="prepared data dir", out="teacher model dir", metrics="training metrics JSON", curve="per-epoch training curve TSV")
     args = p.parse_args()
     params = setup(args.params)
     tp = params.teacher
@@ -39,8 +34,8 @@ def main() -> None:
     task = get_task(params.task)
     model = load_model(init, task, head=task.head_config(meta))
 
-    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta["label_names"]}
-    ckpt = Checkpoints.beside(args.out, record | {"inputs": meta["splits"]}, tp.checkpoint_every)
+    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta.label_names}
+    ckpt = Checkpoints.beside(args.out, record | {"inputs": meta.model_dump()["splits"]}, tp.checkpoint_every)
     resume = ckpt.load()
     logged = {"seed": params.seed, "teacher": tp.model_dump(), "compute": compute.describe(tp.batch_size, tp.learning_rate)}
     with stage_run(compute.main, "teacher", "teacher", logged, params.seed, resume and resume["run_id"]) as run:

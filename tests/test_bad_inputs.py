@@ -286,7 +286,7 @@ def bad_signals_truncated(chain, tmp):
     signals = copy(chain, tmp, "signals")
     logits = signals / "logits.npy"
     logits.write_bytes(logits.read_bytes()[:-16])
-    return distill(chain / "params.yaml", chain / "prepared", chain / "models/teacher", signals, tmp), r"logits.npy: .* bytes, manifest says .*truncated"
+    return distill(chain / "params.yaml", chain / "prepared", chain / "models/teacher", signals, tmp), r"logits.npy: .* bytes, manifest.json says .*truncated"
 
 
 def bad_signals_manifest_missing(chain, tmp):

@@ -109,9 +109,9 @@ def test_second_repro_runs_nothing(repo):
 
 def test_dvc_reruns_only_what_a_changed_key_can_change(repo):
     """Each stage lists the exact params keys it reads: a key that cannot change a result leaves
-    everything up to date; one method's weight makes only that method's students (and the plan,
-    which rewrites an identical file, and the report) stale, never extract or another method;
-    a new seed adds only its students. (evaluate follows once the students change.)"""
+    everything up to date; one method's weight makes only that method's students, evaluate and
+    the report stale (and the plan, which then rewrites an identical file), never extract or
+    another method; a new seed adds only its students."""
     root, env, _ = repo
     path = root / "params.yaml"
     original = path.read_text()
@@ -129,7 +129,7 @@ def test_dvc_reruns_only_what_a_changed_key_can_change(repo):
 
     try:
         assert stale_after(teacher__checkpoint_every=7, distill__checkpoint_every=7, teacher__eval_batch_size=3, distill__eval_batch_size=3) == set()
-        assert stale_after(methods__kd_at__attn_kl=2.0) == {"plan", "distill@small-kd_at-1", "distill@small-kd_at-2", "report"}
+        assert stale_after(methods__kd_at__attn_kl=2.0) == {"plan", "distill@small-kd_at-1", "distill@small-kd_at-2", "evaluate", "report"}
         assert stale_after(student_seeds=[1, 2, 3]) == {*(f"distill@small-{m}-3" for m in METHODS), "evaluate", "report"}
     finally:
         path.write_text(original)

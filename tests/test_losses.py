@@ -272,3 +272,17 @@ def test_every_token_loss_sends_gradients_to_the_student_only(name):
     _call(name, s, te, mask, extra).backward()
     assert all(x.grad is not None and x.grad.abs().sum() > 0 for x in leaves(s))
     assert all(x.grad is None for x in leaves(te))
+
+
+def test_loss_names_live_only_in_the_registry():
+    """No module but losses.py spells a loss's name: methods, checks, the store's plan and the
+    objective all derive from LOSSES. (`ce` and `kd` are also the default methods' names in params.)"""
+    from conftest import REPO
+
+    for path in sorted((REPO / "src/attnkd").rglob("*.py")):
+        if path.name == "losses.py":
+            continue
+        text = path.read_text()
+        for name in LOSSES:
+            if name not in ("ce", "kd"):
+                assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path.relative_to(REPO)} names the loss {name}"

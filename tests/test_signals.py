@@ -67,7 +67,7 @@ def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
 def test_truncated_file_is_named(store_dir):
     path = store_dir / "attn_layer2.npy"
     path.write_bytes(path.read_bytes()[:-10])
-    with pytest.raises(UserError, match=r"attn_layer2.npy: .* bytes, manifest says .*truncated"):
+    with pytest.raises(UserError, match=r"attn_layer2.npy: .* bytes, manifest.json says .*truncated"):
         SignalStore(store_dir)
 
 
@@ -99,7 +99,7 @@ def test_every_storage_dtype_reads_back_within_its_precision(tmp_path, tiny_mode
     out = tmp_path / dtype
     out.mkdir()
     manifest = extract(model, split, {"attn": [1], "hidden": [2]}, dtype, 4, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
-    assert manifest["dtype"] == dtype
+    assert manifest.dtype == dtype
     idx = np.arange(len(split))
     b = collate(split, idx, 0)
     with torch.no_grad():
@@ -128,8 +128,10 @@ def test_reading_does_not_keep_the_store_resident(tmp_path):
     np.save(tmp_path / "lengths.npy", lengths)
     np.save(tmp_path / "logits.npy", np.zeros((n, 2), dtype=np.float32))
     np.save(tmp_path / "attn_layer1.npy", np.ones(n * heads * t * t, dtype=np.float16))
-    files = {name: {} for name in ("lengths.npy", "logits.npy", "attn_layer1.npy")}  # not verified here
-    manifest = {"format": FORMAT, "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]}, "files": files}
+    info = {"sha256": "-", "bytes": 0, "shape": [], "dtype": "-"}  # not verified here
+    files = {name: info for name in ("lengths.npy", "logits.npy", "attn_layer1.npy")}
+    manifest = {"format": FORMAT, "num_examples": n, "num_labels": 2, "heads": heads, "width": 8, "dtype": "float16", "tensors": {"attn": [1]},
+                "attn_kind": "probabilities", "files": files}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     store = SignalStore(tmp_path, verify=False)
     before = resident_file_mib()

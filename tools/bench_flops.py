@@ -23,6 +23,7 @@ import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace  # the head needs only the label names of a prepared meta
 
 import numpy as np
 import pandas as pd
@@ -101,7 +102,7 @@ def main() -> None:
     rows = []
 
     task = get_task("classification")
-    teacher = load_model(init, task, head=task.head_config({"label_names": ["negative", "positive"]}))
+    teacher = load_model(init, task, head=task.head_config(SimpleNamespace(label_names=["negative", "positive"])))
     cfg = teacher.config
     print(f"teacher training (batch {tp.batch_size}):", flush=True)
     seconds = timed_fit(teacher, train, val, budget_of(tp, params.seed), hard_label_loss(task), tokenizer.pad_token_id)

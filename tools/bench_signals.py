@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace  # the head needs only the label names of a prepared meta
 
 import numpy as np
 import pandas as pd
@@ -34,9 +35,10 @@ import torch
 import yaml
 
 from attnkd import data, signals
+from attnkd.artifacts import PreparedMeta, SplitInfo
 from attnkd.compute import CPU
 from attnkd.distillation import DistillRun, assemble
-from attnkd.io import atomic_write_json, sha256_file
+from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import wanted_tensors
@@ -56,13 +58,13 @@ def read_sst2(path: Path) -> pd.DataFrame:
 def write_prepared(out: Path, train: pd.DataFrame, val: pd.DataFrame, tokenizer, max_length: int) -> None:
     """A prepared dir in the layout `prepare` writes, so the real entry scripts can read it."""
     out.mkdir(parents=True)
-    meta = {"label_names": ["negative", "positive"], "max_length": max_length, "source": "sst2", "splits": {}}
+    splits = {}
     for name, part in (("train", train), ("validation", val), ("test", val)):
         texts = part["sentence"].tolist()
         enc = data.tokenize(tokenizer, texts, None, max_length)
         data.write_split(out / f"{name}.parquet", texts, [""] * len(texts), part["label"].tolist(), enc)
-        meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids), "sha256": sha256_file(out / f"{name}.parquet")}
-    atomic_write_json(out / "meta.json", meta)
+        splits[name] = SplitInfo(examples=len(part), inputs_sha256=data.ids_digest(enc.input_ids), sha256=sha256_file(out / f"{name}.parquet"))
+    PreparedMeta(label_names=["negative", "positive"], max_length=max_length, source="sst2", pair=False, tokenizer="all-MiniLM-L6-v2", splits=splits).write(out)
 
 
 def ragged_bound(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, width: int, bytes_per: int = 2) -> int:
@@ -133,7 +135,7 @@ def main() -> None:
     init = resolve_init(params.teacher.init)
     tokenizer = load_tokenizer(init)
     work = Path(tempfile.mkdtemp(prefix="attnkd-bench-"))
-    teacher = load_model(init, head=get_task("classification").head_config({"label_names": ["negative", "positive"]})).eval()
+    teacher = load_model(init, head=get_task("classification").head_config(SimpleNamespace(label_names=["negative", "positive"]))).eval()
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
     cfg = teacher.config
@@ -154,7 +156,7 @@ def main() -> None:
                                    {"inputs_sha256": json.loads((root / "prepared/meta.json").read_text())["splits"]["train"]["inputs_sha256"],
                                     "teacher_sha256": sha256_file(weights_file(work / "teacher"))})
         seconds = time.perf_counter() - t0
-        size_bytes = sum(f["bytes"] for f in manifest["files"].values())
+        size_bytes = sum(f.bytes for f in manifest.files.values())
         bound = ragged_bound(train.lengths, wanted, 12, 384)
         print(f"\n[{size} examples, mean {train.lengths.mean():.1f} tokens]")
         print(f"  extraction: {seconds:.1f} s, {size / seconds:.0f} examples/s")
@@ -165,7 +167,7 @@ def main() -> None:
         plain = data.padded_fraction(train.lengths, [perm[i : i + dp.batch_size] for i in range(0, size, dp.batch_size)])
         print(f"  padded tokens: {padded:.3f} with length grouping, {plain:.3f} with random batches (batch {dp.batch_size})")
 
-        doc = params.model_dump() | {"methods": {"kd_at": METHOD}, "evaluate": params.evaluate.model_dump() | {"models": ["teacher", "kd_at"]}}
+        doc = params.model_dump() | {"methods": {"kd_at": METHOD}}
         doc["distill"] = doc["distill"] | {"max_steps": args.rss_steps, "epochs": 1}
         (root / "params.yaml").write_text(yaml.safe_dump(doc))
         env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{work / 'mlflow.db'}", "TQDM_DISABLE": "1"}
@@ -183,7 +185,7 @@ def main() -> None:
     steps_per_epoch = int(np.ceil(args.sizes[0] / dp.batch_size))
     teacher_forward = layer_flops(cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size, train.lengths)
     print(f"\n[distillation, {args.sizes[0]} examples, {args.steps} timed steps of batch {dp.batch_size}, method kd_at]")
-    bench = Params.model_validate(params.model_dump() | {"methods": {"kd_at": METHOD}, "evaluate": params.evaluate.model_dump() | {"models": ["teacher", "kd_at"]}})
+    bench = Params.model_validate(params.model_dump() | {"methods": {"kd_at": METHOD}})
     for name in dp.students:
         s = params.students[name]
         runs = {mode: assemble(bench, name, "kd_at", params.seed, teacher, source) for mode, source in (("store", store), ("online", None))}

@@ -18,7 +18,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from attnkd.errors import UserError
-from attnkd.io import read_json, sha256_file
+from attnkd.artifacts import PreparedMeta, verify_files
 
 SPLITS = ("train", "validation", "test")
 INTEGER = re.compile(r"^-?\d+$")
@@ -168,11 +168,10 @@ def load_split(prepared: Path, split: str) -> Split:
     path = Path(prepared) / f"{split}.parquet"
     if not path.is_file():
         raise UserError(f"{path}: prepared split not found (run `dvc repro prepare`)")
-    expected = load_meta(prepared)["splits"].get(split, {}).get("sha256")
-    if expected is None:
+    meta = load_meta(prepared)
+    if split not in meta.splits:
         raise UserError(f"{Path(prepared) / 'meta.json'}: no sha256 for split {split!r}; re-run `dvc repro prepare`")
-    if sha256_file(path) != expected:
-        raise UserError(f"{path}: sha256 does not match meta.json (truncated or altered); re-run `dvc repro prepare`")
+    verify_files(prepared, {path.name: meta.splits[split].sha256}, "meta.json", "re-run `dvc repro prepare`")
     try:
         df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids"])
     except Exception as err:  # pyarrow raises many types for corrupt files
@@ -184,11 +183,8 @@ def load_split(prepared: Path, split: str) -> Split:
     return Split(ids, labels, types if any(t.any() for t in types) else None)
 
 
-def load_meta(prepared: Path) -> dict:
-    meta = read_json(Path(prepared) / "meta.json")
-    if not isinstance(meta.get("label_names"), list):
-        raise UserError(f"{Path(prepared) / 'meta.json'}: missing label_names")
-    return meta
+def load_meta(prepared: Path) -> PreparedMeta:
+    return PreparedMeta.read(prepared)
 
 
 def length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None, pool: int = 50) -> list[np.ndarray]:

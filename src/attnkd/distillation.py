@@ -64,8 +64,8 @@ def assemble(params: Params, student: str, method: str, seed: int, teacher: torc
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     if store is not None and expect is not None:
         store.require(wanted, expect.inputs_sha256, expect.teacher_sha256)
-        if store.manifest["num_examples"] != expect.examples:
-            raise UserError(f"{store.root / 'manifest.json'}: {store.manifest['num_examples']} examples, training split has {expect.examples}; "
+        if store.manifest.num_examples != expect.examples:
+            raise UserError(f"{store.root / 'manifest.json'}: {store.manifest.num_examples} examples, training split has {expect.examples}; "
                             "re-run `dvc repro extract`")
     model = build_student(teacher, sp, pairs, seed)  # seeds its own initialisation
     objective = Objective(weights, pairs, dp, sp, cfg.hidden_size, cfg.num_attention_heads, task)  # after the student: its projections draw next

@@ -90,3 +90,14 @@ def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], token
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return png(fig)
+
+
+def attention_figures(examples: list[dict]) -> dict[str, bytes]:
+    """`attention_<example>.png` for each example evaluate wrote (reports/attention.json): its
+    tokens, title, and per model and pair `t<l>-s<l>` the head-averaged (n, n) map."""
+    out = {}
+    for h in examples:
+        maps = {model: {tuple(map(int, key[1:].split("-s"))): np.asarray(m, dtype=np.float32) for key, m in layers.items()}
+                for model, layers in h["maps"].items()}
+        out[f"attention_{h['example']}.png"] = attention_heatmaps(maps, h["tokens"], h["title"])
+    return out

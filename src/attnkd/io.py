@@ -64,8 +64,23 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.unlink(tmp)
 
 
+def json_text(obj: Any) -> str:
+    """The one JSON layout of every artifact: sorted keys, indent 2, a final newline."""
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(obj))
+
+
+def atomic_write_files(target: Path, files: dict[str, str | bytes]) -> None:
+    """A directory of files (name -> text or bytes) that replaces `target` only when all are written."""
+    with atomic_dir(target) as tmp:
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                atomic_write_text(tmp / name, content)
 
 
 def read_json(path: Path) -> Any:

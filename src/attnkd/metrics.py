@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from attnkd.data import Split, collate, length_batches
-from attnkd.models import forward
+from attnkd.artifacts import ModelRecord
+from attnkd.models import count_parameters, forward, weights_file
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -162,11 +164,23 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
     first = {row: names[0] for row, names in groups.items() if row != "teacher"}
     if not rp.heatmap_examples or not first:
         return []
-    pairs = [tuple(p) for p in records[next(iter(first.values()))]["layer_pairs"]]
-    drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in first.items() if [tuple(p) for p in records[n]["layer_pairs"]] == pairs}
+    pairs = records[next(iter(first.values()))].layer_pairs
+    drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in first.items() if records[n].layer_pairs == pairs}
     out = []
     for i in heatmap_examples(test.lengths, rp.heatmap_examples):
         tokens = tokenizer.convert_ids_to_tokens([int(t) for t in test.input_ids[i][: rp.heatmap_tokens]])
         out.append({"example": i, "tokens": tokens, "pairs": pairs, "title": f"test example {i} ({task.caption(test, i, meta)}), {len(test.input_ids[i])} tokens",
                     "maps": attention_snapshot(drawn, pairs, test, i, rp.heatmap_tokens, tokenizer.pad_token_id)})
     return out
+
+
+def model_identity(name: str, record: ModelRecord | None, teacher_seed: int) -> dict:
+    """Which model a metrics file is about: the teacher, or a student's architecture, method and seed."""
+    student = record if record is not None and record.role == "student" else None
+    return {"model": name, "student": student.student if student else "teacher", "method": student.method if student else "teacher",
+            "seed": student.seed if student else teacher_seed}
+
+
+def model_size(model, model_dir: Path) -> dict:
+    """Parameters and size on disk of a model's weights."""
+    return {"params": count_parameters(model), "size_mb": round(weights_file(model_dir).stat().st_size / 1e6, 3)}

@@ -21,7 +21,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, BertConfig, BertPreTrainedModel
 
 from attnkd.errors import UserError
-from attnkd.io import read_json, sha256_file
+from attnkd.artifacts import ModelRecord, verify_files
 from attnkd.losses import split_heads
 from attnkd.params import PACKAGED_MODEL, StudentParams
 
@@ -49,15 +49,9 @@ def resolve_init(init: str) -> Path:
 
 def verify_model_dir(model_dir: Path) -> None:
     """A dir this pipeline wrote lists the sha256 of its files in attnkd.json: check them."""
-    record = Path(model_dir) / "attnkd.json"
-    if not record.is_file():
+    if not (Path(model_dir) / ModelRecord.FILE).is_file():
         return  # the packaged model, or a user's own save_pretrained dir
-    for name, expected in read_json(record).get("sha256", {}).items():
-        path = Path(model_dir) / name
-        if not path.is_file():
-            raise UserError(f"{path}: listed in attnkd.json but missing; re-run the stage that wrote {model_dir}")
-        if sha256_file(path) != expected:
-            raise UserError(f"{path}: sha256 does not match attnkd.json (truncated or altered); re-run the stage that wrote {model_dir}")
+    verify_files(model_dir, ModelRecord.read(model_dir).sha256, ModelRecord.FILE, f"re-run the stage that wrote {model_dir}")
 
 
 def load_tokenizer(model_dir: Path):

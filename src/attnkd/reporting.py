@@ -260,11 +260,11 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     doc.heading("Data")
     doc.table(data_table(data_report))
     doc.para(data_note(data_report))
-    splits = ", ".join(f"{k} {v['examples']}" for k, v in meta["splits"].items())
+    splits = ", ".join(f"{k} {v.examples}" for k, v in meta.splits.items())
     doc.heading("Setup")
     doc.bullets([
-        f"data: {meta['source']}, {len(meta['label_names'])} classes ({', '.join(meta['label_names'])}); "
-        f"splits: {splits}; max length {meta['max_length']} tokens",
+        f"data: {meta.source}, {len(meta.label_names)} classes ({', '.join(meta.label_names)}); "
+        f"splits: {splits}; max length {meta.max_length} tokens",
         *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
           f"init `{sp.init}`" for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "

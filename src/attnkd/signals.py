@@ -21,7 +21,6 @@ it, so the reader's resident memory stays that of one batch however large the st
 
 from __future__ import annotations
 
-import json
 import mmap
 import re
 from pathlib import Path
@@ -33,7 +32,8 @@ from tqdm import tqdm
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, length_batches
 from attnkd.errors import UserError
-from attnkd.io import atomic_write_json, sha256_file
+from attnkd.artifacts import FileInfo, SignalManifest, verify_files
+from attnkd.io import read_json, sha256_file
 
 FORMAT = "attnkd-signals/2"
 SQUARE = ("attn", "scores")  # (H, n, n) per example; every other kind is (n, D)
@@ -64,7 +64,7 @@ def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarra
 
 @torch.no_grad()
 def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict,
-            compute: Compute = CPU, task=None) -> dict:
+            compute: Compute = CPU, task=None) -> SignalManifest:
     """Run the teacher once over `split` and write the store into `out_dir` (exists, empty).
 
     `wanted` maps a tensor kind to the teacher layers to store it for. The teacher's raw outputs
@@ -115,20 +115,10 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     listing = {}
     for path in sorted(out_dir.glob("*.npy")):
         arr = np.load(path, mmap_mode="r")
-        listing[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size, "shape": list(arr.shape), "dtype": str(arr.dtype)}
-    manifest = {
-        "format": FORMAT,
-        "num_examples": len(split),
-        "num_labels": int(model.config.num_labels),
-        "heads": heads,
-        "width": width,
-        "tensors": wanted,
-        "attn_kind": "post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)",
-        "dtype": dtype,
-        "files": listing,
-        **describe,
-    }
-    atomic_write_json(out_dir / "manifest.json", manifest)
+        listing[path.name] = FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size, shape=list(arr.shape), dtype=str(arr.dtype))
+    manifest = SignalManifest(format=FORMAT, num_examples=len(split), num_labels=int(model.config.num_labels), heads=heads, width=width, tensors=wanted,
+                              attn_kind="post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)", dtype=dtype, files=listing, **describe)
+    manifest.write(out_dir)
     return manifest
 
 
@@ -142,38 +132,26 @@ class SignalStore:
 
     def __init__(self, root: Path, verify: bool = True):
         self.root = Path(root)
-        path = self.root / "manifest.json"
+        path = self.root / SignalManifest.FILE
         if not path.is_file():
             raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
-        try:
-            self.manifest = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise UserError(f"{path}: not valid JSON ({err})") from None
-        if self.manifest.get("format") != FORMAT:
-            raise UserError(f"{path}: format {self.manifest.get('format')!r} is not {FORMAT!r}; re-run `dvc repro extract`")
+        found = read_json(path).get("format")
+        if found != FORMAT:
+            raise UserError(f"{path}: format {found!r} is not {FORMAT!r}; re-run `dvc repro extract`")
+        self.manifest = SignalManifest.read(self.root)
         if verify:
-            self._verify()
+            verify_files(self.root, {n: f.sha256 for n, f in self.manifest.files.items()}, SignalManifest.FILE, SignalManifest.RERUN,
+                         sizes={n: f.bytes for n, f in self.manifest.files.items()})
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
         # the teacher's raw outputs: every listed file but the lengths and the layer tensors;
         # (N, C) per example, or flat (sum n,) per token
-        names = [Path(f).stem for f in self.manifest["files"] if f != "lengths.npy" and not LAYER_FILE.match(f)]
+        names = [Path(f).stem for f in self.manifest.files if f != "lengths.npy" and not LAYER_FILE.match(f)]
         self.outputs = {name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in names}
         self.token_starts = offsets(self.lengths, "token", 1, 1)
-        self.heads, self.width = int(self.manifest["heads"]), int(self.manifest["width"])
-        self.dtype = self.manifest["dtype"]
-        self.tensors = {k: [int(l) for l in v] for k, v in self.manifest["tensors"].items()}
+        self.heads, self.width, self.dtype = self.manifest.heads, self.manifest.width, self.manifest.dtype
+        self.tensors = self.manifest.tensors
         self.starts = {k: offsets(self.lengths, k, self.heads, self.width) for k in self.tensors}
         self.files = {(k, l): np.load(self.root / f"{k}_layer{l}.npy", mmap_mode="r") for k, ls in self.tensors.items() for l in ls}
-
-    def _verify(self) -> None:
-        for name, info in self.manifest["files"].items():
-            path = self.root / name
-            if not path.is_file():
-                raise UserError(f"{path}: listed in the signal manifest but missing; re-run `dvc repro extract`")
-            if path.stat().st_size != info["bytes"]:
-                raise UserError(f"{path}: {path.stat().st_size} bytes, manifest says {info['bytes']} (truncated or altered); re-run `dvc repro extract`")
-            if sha256_file(path) != info["sha256"]:
-                raise UserError(f"{path}: sha256 does not match the manifest (altered); re-run `dvc repro extract`")
 
     def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
         """Refuse a store that lacks a tensor the losses need or came from other inputs or teacher."""
@@ -185,9 +163,9 @@ class SignalStore:
                     f"{where}: {kind!r} of teacher layers {missing} is not stored (has {self.tensors}); "
                     "re-run `dvc repro extract` with the same distill and methods params"
                 )
-        if self.manifest.get("inputs_sha256") != inputs_sha256:
+        if self.manifest.inputs_sha256 != inputs_sha256:
             raise UserError(f"{where}: extracted from different prepared data; re-run `dvc repro extract`")
-        if self.manifest.get("teacher_sha256") != teacher_sha256:
+        if self.manifest.teacher_sha256 != teacher_sha256:
             raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
 
     def batch(self, idx: np.ndarray, t: int, wanted: dict[str, list[int]] | None = None) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:

@@ -9,14 +9,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from attnkd.artifacts import ModelRecord
 from attnkd.io import atomic_dir, atomic_write_json, sha256_file
 from attnkd.params import Params, load_params
 from attnkd.reporting import write_curve
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def parser(description: str, **paths: str) -> argparse.ArgumentParser:
+    """The stage's command line: --params, and one required path option per keyword
+    (`prepared="prepared data dir"` gives --prepared; underscores become dashes)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    for name, what in paths.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=Path, required=True, help=what)
     return p
 
 
@@ -69,7 +74,7 @@ def save_trained(run, task, model, tokenizer, history: list[dict], record: dict,
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        atomic_write_json(tmp / "attnkd.json", record | {"sha256": files})
+        ModelRecord(**record, sha256=files).write(tmp)
     write_curve(curve, history)
     atomic_write_json(metrics, summary)
     run.log_artifact(curve)

@@ -19,7 +19,8 @@ from attnkd import data, sources
 from attnkd.compute import CPU, Compute
 from attnkd.data import Split
 from attnkd.errors import UserError
-from attnkd.io import atomic_write_json, sha256_file
+from attnkd.artifacts import PreparedMeta, SplitInfo
+from attnkd.io import sha256_file
 from attnkd.metrics import calibration_error, classification_metrics, confusion, per_class
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
@@ -62,7 +63,7 @@ class Classification:
     def model_class(self) -> type:
         return BertForSequenceClassification
 
-    def prepare(self, params: Params, root: Path, out: Path) -> tuple[dict, dict]:
+    def prepare(self, params: Params, root: Path, out: Path) -> tuple[PreparedMeta, dict]:
         """Raw rows to model features: read data.source, clean, map labels, split (stratified,
         carved from train when the source lacks a split), tokenise; write the splits and
         meta.json into `out`. Returns the meta and the data report."""
@@ -96,25 +97,26 @@ class Classification:
         carved = [k for k in splits if k not in raw]
 
         tokenizer = load_tokenizer(resolve_init(params.teacher.init))
-        meta = {"label_names": label_names, "max_length": dp.max_length, "source": dp.source, "pair": pair, "tokenizer": params.teacher.init, "splits": {}}
+        infos = {}
         report |= {"label_names": label_names, "carved_from_train": carved, "max_length": dp.max_length}
         for name, part in splits.items():
             texts, pairs = part["text"].tolist(), part["text_pair"].tolist()
             enc = data.tokenize(tokenizer, texts, pairs if pair else None, dp.max_length)
             data.write_split(out / f"{name}.parquet", texts, pairs, part["label"].tolist(), enc)
             counts = part["label"].value_counts()
-            meta["splits"][name] = {"examples": len(part), "inputs_sha256": data.ids_digest(enc.input_ids), "sha256": sha256_file(out / f"{name}.parquet")}
+            infos[name] = SplitInfo(examples=len(part), inputs_sha256=data.ids_digest(enc.input_ids), sha256=sha256_file(out / f"{name}.parquet"))
             report["splits"].setdefault(name, {"from": f"carved from train (seed {params.seed})"})
             report["splits"][name] |= {
                 "examples": len(part),
                 "class_counts": {label_names[k]: int(counts.get(k, 0)) for k in range(len(label_names))},
                 **length_stats(enc.full_lengths, dp.max_length),
             }
-        atomic_write_json(out / "meta.json", meta)
+        meta = PreparedMeta(label_names=label_names, max_length=dp.max_length, source=dp.source, pair=pair, tokenizer=params.teacher.init, splits=infos)
+        meta.write(out)
         return meta, report
 
-    def head_config(self, meta: dict) -> dict:
-        names = meta["label_names"]
+    def head_config(self, meta: PreparedMeta) -> dict:
+        names = meta.label_names
         return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
 
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
@@ -130,13 +132,13 @@ class Classification:
     def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]:
         return classification_metrics(split.labels, predictions)
 
-    def caption(self, split: Split, i: int, meta: dict) -> str:
+    def caption(self, split: Split, i: int, meta: PreparedMeta) -> str:
         """What the report says of one example beside its attention maps."""
-        return f"label: {meta['label_names'][split.labels[i]]}"
+        return f"label: {meta.label_names[split.labels[i]]}"
 
-    def evaluation(self, split: Split, predictions: np.ndarray, meta: dict, bins: int) -> tuple[dict, str]:
+    def evaluation(self, split: Split, predictions: np.ndarray, meta: PreparedMeta, bins: int) -> tuple[dict, str]:
         """The test-split quality of one model (its metrics JSON) and its predictions CSV."""
-        labels, names, pred = split.labels, meta["label_names"], predictions.argmax(1)
+        labels, names, pred = split.labels, meta.label_names, predictions.argmax(1)
         scores = {k: round(float(v), 6) for k, v in classification_metrics(labels, predictions).items()}
         quality = scores | {
             "ece": round(calibration_error(labels, predictions, bins), 6),

@@ -1,0 +1,116 @@
+"""Typed contracts of the artifacts stages hand each other, as typed as the params.
+
+Each is a pydantic model with one `write` and one `read`: reading validates the file and fails
+with one line naming the file and the field, and `verify_files` checks a listing of sha256 the
+same way for every artifact (prepared splits, model dirs, the signal store).
+
+    PreparedMeta     data/prepared/meta.json     label names, max length, per split its size and digests
+    ModelRecord      <model dir>/attnkd.json     what built a model, and the sha256 of its files
+    SignalManifest   data/signals/manifest.json  what the store holds, how, from which inputs
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from attnkd.errors import UserError
+from attnkd.io import atomic_write_json, read_json, sha256_file
+
+
+class Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    FILE: ClassVar[str]
+    RERUN: ClassVar[str]  # what rebuilds it
+
+    @classmethod
+    def read(cls, folder: Path):
+        path = Path(folder) / cls.FILE
+        raw = read_json(path)
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"]) or "(top level)"
+            raise UserError(f"{path}: {loc}: {first['msg']}; {cls.RERUN}") from None
+
+    def write(self, folder: Path) -> None:
+        atomic_write_json(Path(folder) / self.FILE, self.model_dump(exclude_none=True))
+
+
+def verify_files(folder: Path, listing: dict[str, str], listed_in: str, rerun: str, sizes: dict[str, int] | None = None) -> None:
+    """Every file of `listing` (name -> sha256) exists in `folder`, has its size (when given) and its sha256."""
+    for name, expected in listing.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            raise UserError(f"{path}: listed in {listed_in} but missing; {rerun}")
+        if sizes is not None and path.stat().st_size != sizes[name]:
+            raise UserError(f"{path}: {path.stat().st_size} bytes, {listed_in} says {sizes[name]} (truncated or altered); {rerun}")
+        if sha256_file(path) != expected:
+            raise UserError(f"{path}: sha256 does not match {listed_in} (truncated or altered); {rerun}")
+
+
+class SplitInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    examples: int
+    inputs_sha256: str  # of the token ids (the signal store proves it matches with it)
+    sha256: str  # of the Parquet file
+
+
+class PreparedMeta(Artifact):
+    FILE: ClassVar[str] = "meta.json"
+    RERUN: ClassVar[str] = "re-run `dvc repro prepare`"
+    label_names: list[str]  # class names (empty for tasks without classes)
+    max_length: int
+    source: str
+    pair: bool
+    tokenizer: str
+    splits: dict[str, SplitInfo]
+
+
+class ModelRecord(Artifact):
+    """A model dir's attnkd.json: what built it (a teacher's params and labels, or a student's
+    architecture, method, weights, distill params and layer pairs) and the sha256 of its files."""
+
+    FILE: ClassVar[str] = "attnkd.json"
+    RERUN: ClassVar[str] = "re-run the stage that wrote it"
+    role: Literal["teacher", "student"]
+    seed: int
+    sha256: dict[str, str] = {}
+    params: dict | None = None  # teacher
+    label_names: list[str] | None = None  # teacher
+    student: str | None = None
+    method: str | None = None
+    weights: dict[str, float] | None = None
+    architecture: dict | None = None
+    distill: dict | None = None
+    layer_pairs: list[tuple[int, int]] | None = None
+
+
+class FileInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    sha256: str
+    bytes: int
+    shape: list[int]
+    dtype: str
+
+
+class SignalManifest(Artifact):
+    FILE: ClassVar[str] = "manifest.json"
+    RERUN: ClassVar[str] = "re-run `dvc repro extract`"
+    format: str
+    num_examples: int
+    num_labels: int
+    heads: int
+    width: int
+    tensors: dict[str, list[int]]  # kind -> teacher layers stored
+    attn_kind: str
+    dtype: str  # storage dtype of the layer tensors
+    files: dict[str, FileInfo]
+    split: str | None = None
+    teacher_sha256: str | None = None
+    inputs_sha256: str | None = None
+    max_length: int | None = None
+    teacher_precision: str | None = None
