@@ -99,9 +99,9 @@ class Objective(torch.nn.Module):
                 continue
             kinds = loss.reads(self.cfg)
             for tl, sl in self.pairs:
-                view_s = {k: layer_tensor(k, sl, out, cap) for k in kinds}
-                view_t = {k: t[(k, tl)] for k in kinds}
-                per_pair[f"{name}/t{tl}-s{sl}"] = loss.fn(view_s, view_t, mask, self._pair_config(sl))
+                layer_s = {k: layer_tensor(k, sl, out, cap) for k in kinds}  # one accessor for both sides' layer conventions
+                layer_t = {k: t[(k, tl)] for k in kinds}
+                per_pair[f"{name}/t{tl}-s{sl}"] = loss.fn(layer_s, layer_t, mask, self._pair_config(sl))
             terms[name] = torch.stack([per_pair[f"{name}/t{tl}-s{sl}"] for tl, sl in self.pairs]).mean()
         total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms | per_pair
