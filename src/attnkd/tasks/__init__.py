@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from attnkd.artifacts import PreparedMeta
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, collate, length_batches
 from attnkd.errors import UserError
@@ -36,14 +37,14 @@ class Task(Protocol):
     outputs: dict[str, str]  # raw model output -> "example" (a row per feature) | "token" (a value per real token)
 
     def model_class(self) -> type: ...  # a transformers model class with this task's head
-    def prepare(self, params, root: Path, out: Path) -> tuple[dict, dict]: ...  # raw rows -> features: splits and meta.json in out; (meta, data report)
-    def head_config(self, meta: dict) -> dict: ...  # config of a fresh head for the prepared data (labels, names)
+    def prepare(self, params, root: Path, out: Path) -> tuple[PreparedMeta, dict]: ...  # raw rows -> features: splits and meta.json in out; (meta, data report)
+    def head_config(self, meta: PreparedMeta) -> dict: ...  # config of a fresh head for the prepared data (labels, names)
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View: ...  # {"logits": (R, C)}
     def targets(self, batch: dict) -> View: ...  # {"labels": (R,)}
     def predict(self, model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray: ...
     def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]: ...  # validation metrics
-    def evaluation(self, split: Split, predictions: np.ndarray, meta: dict, bins: int) -> tuple[dict, str]: ...  # metrics JSON, predictions CSV
-    def caption(self, split: Split, i: int, meta: dict) -> str: ...  # one example, beside its attention maps
+    def evaluation(self, split: Split, predictions: np.ndarray, meta: PreparedMeta, bins: int) -> tuple[dict, str]: ...  # metrics JSON, predictions CSV
+    def caption(self, split: Split, i: int, meta: PreparedMeta) -> str: ...  # one example, beside its attention maps
 
 
 def raw_outputs(task: Task, out) -> dict[str, torch.Tensor]:
