@@ -53,7 +53,8 @@ def main() -> None:
     points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], "accuracy": results[n]["accuracy"]}
                            for m, models in groups.items() for n in models])
     images = {"curves.png": figures.training_curves(curves, rows), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows)}
-    heatmaps = figures.attention_figures(read_json(args.attention))
+    order = ["teacher", *rows]  # the JSON's keys are sorted; the figures show the teacher first, then the rows in order
+    heatmaps = figures.attention_figures([h | {"maps": {m: h["maps"][m] for m in order if m in h["maps"]}} for h in read_json(args.attention)])
     images |= heatmaps
     doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report))
 
