@@ -82,7 +82,7 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     lengths = split.lengths
     wanted = {k: sorted(set(v)) for k, v in wanted.items() if v}
     starts = {k: offsets(lengths, k, heads, width) for k in wanted}
-    token_starts = offsets(lengths, "token", 1, 1)
+    token_starts = offsets(lengths, "vector", 1, 1)  # one value per token: a vector kind of width 1
     outputs: dict[str, np.ndarray] = {}  # name -> (N, C) or flat (sum n,), allocated at the first batch
     files = {
         (k, l): np.lib.format.open_memmap(out_dir / f"{k}_layer{l}.npy", mode="w+", dtype=np_dtype, shape=(int(starts[k][-1]),))
@@ -94,10 +94,13 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
             batch_outputs, tensors = online_batch(model, to_device(collate(split, idx, pad_id), compute.device), wanted, task)
         for name, value in batch_outputs.items():
             x = value.cpu().numpy()  # (B, C) or (B, T)
-            if task.outputs[name] == "example":
-                outputs.setdefault(name, np.zeros((len(split), x.shape[1]), dtype=np.float32))[idx] = x
+            per_example = task.outputs[name] == "example"
+            if name not in outputs:  # allocated once, at the first batch (the width C is known then)
+                outputs[name] = np.zeros((len(split), x.shape[1]) if per_example else int(token_starts[-1]), dtype=np.float32)
+            if per_example:
+                outputs[name][idx] = x
             else:
-                flat = outputs.setdefault(name, np.zeros(int(token_starts[-1]), dtype=np.float32))
+                flat = outputs[name]
                 for row, i in enumerate(idx):
                     flat[token_starts[i] : token_starts[i + 1]] = x[row, : lengths[i]]
         for (kind, l), flat in files.items():
@@ -147,7 +150,7 @@ class SignalStore:
         # (N, C) per example, or flat (sum n,) per token
         names = [Path(f).stem for f in self.manifest.files if f != "lengths.npy" and not LAYER_FILE.match(f)]
         self.outputs = {name: np.load(self.root / f"{name}.npy", mmap_mode="r") for name in names}
-        self.token_starts = offsets(self.lengths, "token", 1, 1)
+        self.token_starts = offsets(self.lengths, "vector", 1, 1)  # per-token outputs: width 1
         self.heads, self.width, self.dtype = self.manifest.heads, self.manifest.width, self.manifest.dtype
         self.tensors = self.manifest.tensors
         self.starts = {k: offsets(self.lengths, k, self.heads, self.width) for k in self.tensors}
