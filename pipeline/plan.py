@@ -9,7 +9,6 @@ not re-run extract (nor any student but the changed method's).
 
 from __future__ import annotations
 
-
 from attnkd.errors import run_stage
 from attnkd.io import atomic_write_json, read_json
 from attnkd.objective import store_plan
@@ -20,7 +19,8 @@ def main() -> None:
     p = parser(__doc__, teacher="teacher model dir (its depth)", out="the plan (JSON)")
     args = p.parse_args()
     params = setup(args.params)
-    wanted = store_plan(params, int(read_json(args.teacher / "config.json")["num_hidden_layers"]))
+    config = read_json(args.teacher / "config.json")
+    wanted = store_plan(params, config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"])
     atomic_write_json(args.out, {"tensors": wanted})
     print(f"plan: store {wanted or 'logits only'} -> {args.out}")
 

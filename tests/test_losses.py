@@ -52,6 +52,14 @@ def test_attn_kl_matches_hand_value():
     assert attn_kl_loss(a_s, a_t, mask).item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_attn_kl_averages_over_heads():
+    """Two heads, the first as above, the second equal on both sides: half the one-head value."""
+    a_t = torch.tensor([[[[0.5, 0.5], [0.9, 0.1]], [[0.3, 0.7], [0.6, 0.4]]]])  # (1, 2, 2, 2)
+    a_s = torch.tensor([[[[0.25, 0.75], [0.9, 0.1]], [[0.3, 0.7], [0.6, 0.4]]]])
+    row0 = 0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+    assert attn_kl_loss(a_s, a_t, torch.ones(1, 2, dtype=torch.long)).item() == pytest.approx(row0 / 4, abs=1e-6)  # 2 heads x 2 rows
+
+
 def test_attn_kl_zero_on_equal_maps():
     a, mask = _maps(2, 3, 5, [5, 3])
     assert attn_kl_loss(a, a.clone(), mask).item() == pytest.approx(0.0, abs=1e-6)
@@ -108,7 +116,7 @@ def test_every_registered_loss_has_a_golden_value_test():
         assert [t for t in dir(here) if t.startswith(f"test_{name}_matches_hand_value")], f"no golden-value test for {name}"
 
 
-from attnkd.losses import at_map_loss, attn_mse_loss, hidden_mse_loss, qkv_relation_loss, relation_kl_loss, value_relation_loss
+from attnkd.losses import at_map_loss, attn_mse_loss, hidden_mse_loss, qkv_relation_loss, relation_kl_loss
 
 
 def test_attn_mse_matches_hand_value_and_ignores_padding():
@@ -121,6 +129,13 @@ def test_attn_mse_matches_hand_value_and_ignores_padding():
     mask4 = torch.tensor([[1, 1, 0, 0]])
     assert attn_mse_loss(pad(a_s, 3.0), pad(a_t, -1.0), mask4).item() == pytest.approx(expected, abs=1e-7)
     assert attn_mse_loss(a_s, a_s.clone(), mask).item() == 0.0
+
+
+def test_attn_mse_averages_over_heads():
+    a_t = torch.tensor([[[[0.5, 0.5], [1.0, 0.0]], [[0.2, 0.8], [0.4, 0.6]]]])  # (1, 2 heads, 2, 2)
+    a_s = torch.tensor([[[[0.25, 0.75], [1.0, 0.0]], [[0.2, 0.8], [0.4, 0.6]]]])
+    expected = (0.25**2 + 0.25**2) / (2 * 4)  # 2 heads x 4 real (q, k) entries
+    assert attn_mse_loss(a_s, a_t, torch.ones(1, 2, dtype=torch.long)).item() == pytest.approx(expected, abs=1e-7)
 
 
 def test_relation_kl_matches_hand_value():
@@ -149,6 +164,34 @@ def test_value_relation_matches_hand_value():
     assert loss.item() == pytest.approx(_RELATION_KL, abs=1e-6)
 
 
+# Two relation heads over width D = 2 (d_r = 1): student tokens [[a, 0], [0, 0]], teacher zeros.
+# Head 0 sees [a], [0]: row 0 is softmax([a^2 / sqrt(d_r), 0]) = softmax([a^2, 0]), the rest uniform;
+# head 1 sees zeros (uniform). Scaling by sqrt(D) instead would give softmax([a^2 / sqrt(2), 0]).
+_A = 1.5
+_P0 = math.exp(_A**2) / (math.exp(_A**2) + 1)
+_TWO_HEAD_KL = 0.5 * math.log(0.25 / (_P0 * (1 - _P0))) / 4  # one non-zero row of 2 heads x 2 rows
+_X2 = torch.tensor([[[_A, 0.0], [0.0, 0.0]]])  # (1, 2, 2)
+
+
+def test_relation_kl_scales_each_relation_head_by_its_own_width():
+    assert relation_kl_loss(_X2, torch.zeros(1, 2, 2), torch.ones(1, 2, dtype=torch.long), heads=2).item() == pytest.approx(_TWO_HEAD_KL, abs=1e-6)
+
+
+def test_value_relation_matches_hand_value_with_two_heads():
+    """MiniLM's value relation splits V into the models' attention heads (here 2)."""
+    loss = LOSSES["value_relation"].fn({"v": _X2}, {"v": torch.zeros(1, 2, 2)}, torch.ones(1, 2, dtype=torch.long), LossConfig(teacher_heads=2))
+    assert loss.item() == pytest.approx(_TWO_HEAD_KL, abs=1e-6)
+
+
+def test_qkv_relation_matches_hand_value_with_two_relation_heads():
+    """Q-Q differs as above, K-K and V-V agree: a third of the Q-Q value (the mean, not the sum)."""
+    other = torch.tensor([[[0.3, -1.0], [2.0, 0.5]]])
+    s = {"q": _X2, "k": other, "v": other.clone()}
+    t = {"q": torch.zeros(1, 2, 2), "k": other.clone(), "v": other.clone()}
+    loss = LOSSES["qkv_relation"].fn(s, t, torch.ones(1, 2, dtype=torch.long), LossConfig(relation_heads=2))
+    assert loss.item() == pytest.approx(_TWO_HEAD_KL / 3, abs=1e-6)
+
+
 def test_qkv_relation_matches_hand_value():
     """Q-Q differs as above, K-K and V-V agree: the mean of the three relations, not their sum."""
     mask = torch.ones(1, 2, dtype=torch.long)
@@ -168,7 +211,6 @@ def test_relations_allow_different_widths_and_are_zero_on_equal_inputs():
     assert relation_kl_loss(x_s, x_t, mask, heads=3).item() > 0
     qkv_t = {k: torch.randn(2, 4, 12) for k in "qkv"}
     assert qkv_relation_loss({k: v.clone() for k, v in qkv_t.items()}, qkv_t, mask, 4).item() == pytest.approx(0.0, abs=1e-6)
-    assert value_relation_loss(x_s, x_t, mask, 3).item() == pytest.approx(relation_kl_loss(x_s, x_t, mask, 3).item())
 
 
 def test_relation_kl_ignores_padded_tokens():

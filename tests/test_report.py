@@ -3,6 +3,8 @@ the paired bootstrap, and the per-method summary."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,14 @@ def test_calibration_error_of_a_perfectly_and_a_badly_calibrated_model():
     # two bins: 0.6-confident (accuracy 1/2) and 0.9-confident (accuracy 1/2): |0.5-0.6|/2 + |0.5-0.9|/2
     probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.1, 0.9], [0.1, 0.9]])
     assert calibration_error(np.array([0, 1, 0, 1]), probs, 10) == pytest.approx(0.25)
+
+
+def test_calibration_error_weighs_bins_by_examples_and_counts_under_confidence():
+    """Three 0.6-confident right answers (accuracy 1: under-confident by 0.4), one 0.9-confident wrong
+    one (over-confident by 0.9): 3/4 * 0.4 + 1/4 * 0.9. A signed gap would give +-0.075, an
+    unweighted mean of the bins 0.65."""
+    probs = np.array([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.1, 0.9]])
+    assert calibration_error(np.array([0, 0, 0, 0]), probs, 10) == pytest.approx(0.525)
 
 
 def test_per_class_scores_count_support():
@@ -53,6 +63,37 @@ def test_paired_bootstrap_finds_a_real_difference_and_none_where_there_is_none()
     noise = (rng.random((3, 800)) < 0.80).astype(int)  # another model of equal accuracy
     assert paired_bootstrap(noise, base, 2000).p_value > 0.05
     assert paired_bootstrap(better, base, 2000).p_value == test.p_value  # fixed resampling seed: reproducible
+
+
+def _same_on_every_seed(n: int, ups: int, downs: int, seeds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Correctness of two methods on n examples, identical for every seed: a is right and b wrong on
+    `ups` examples, the reverse on `downs`, both right elsewhere."""
+    a, b = np.ones((seeds, n), int), np.ones((seeds, n), int)
+    b[:, :ups] = 0
+    a[:, ups : ups + downs] = 0
+    return a, b
+
+
+def test_paired_bootstrap_interval_and_p_match_the_normal_approximation_over_examples():
+    """With every seed alike, only examples vary: the 95% interval is delta +- 1.96 SE and the p-value
+    two-sided, 2 (1 - Phi(|delta| / SE)) = 0.123 here (a 90% interval would be 16% narrower; a
+    one-sided p half as large; resampling seeds only would give no spread at all)."""
+    a, b = _same_on_every_seed(800, 55, 40)
+    d = (a - b)[0].astype(float)
+    se = d.std() / np.sqrt(len(d))
+    test = paired_bootstrap(a, b, 10000)
+    assert test.delta == pytest.approx(15 / 800)
+    assert (test.high - test.low) / 2 == pytest.approx(1.96 * se, rel=0.08)
+    assert test.p_value == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(test.delta / se / math.sqrt(2)))), abs=0.03)
+
+
+def test_paired_bootstrap_resamples_seeds():
+    """Each seed's difference is the same on every example (+1, -1, 0 on the three seeds): resampling
+    examples alone would see no spread; resampling seeds spans -1..1 (a mean of 3 draws)."""
+    a = np.array([[1] * 50, [0] * 50, [1] * 50])
+    b = np.array([[0] * 50, [1] * 50, [1] * 50])
+    test = paired_bootstrap(a, b, 4000)
+    assert test.delta == 0.0 and test.low == pytest.approx(-1.0) and test.high == pytest.approx(1.0)
 
 
 def test_mean_std_with_one_value_has_no_spread():

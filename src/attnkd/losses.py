@@ -211,9 +211,10 @@ def _value_relation_needs_equal_heads(cfg: LossConfig) -> str | None:
     return None
 
 
-def _relation_heads_divide_student(cfg: LossConfig) -> str | None:
-    if cfg.student_width % cfg.relation_heads:
-        return f"distill.relation_heads: {cfg.relation_heads} does not divide the student width {cfg.student_width}"
+def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
+    for side, width in (("student", cfg.student_width), ("teacher", cfg.teacher_width)):
+        if width % cfg.relation_heads:
+            return f"distill.relation_heads: {cfg.relation_heads} does not divide the {side} width {width}"
     return None
 
 
@@ -227,7 +228,7 @@ LOSSES: dict[str, Loss] = {
     "value_relation": Loss(lambda s, t, mask, cfg: value_relation_loss(s["v"], t["v"], mask, cfg.teacher_heads), _kinds("v"), per_layer=True,
                            check=_value_relation_needs_equal_heads),
     "qkv_relation": Loss(lambda s, t, mask, cfg: qkv_relation_loss(s, t, mask, cfg.relation_heads), _kinds("q", "k", "v"), per_layer=True,
-                         check=_relation_heads_divide_student),
+                         check=_relation_heads_divide_widths),
     "at_map": Loss(lambda s, t, mask, cfg: at_map_loss(s["hidden"], t["hidden"], mask), _kinds("hidden"), per_layer=True),
     "hidden_mse": Loss(lambda s, t, mask, cfg: hidden_mse_loss(s["hidden"], t["hidden"], mask, cfg.proj), _kinds("hidden"), per_layer=True,
                        projects=True),

@@ -39,15 +39,24 @@ def wanted_tensors(weights: list[dict[str, float]], pairs: Pairs, attn_mse_on: s
     return {k: sorted({t for t, _ in pairs}) for k in sorted(kinds)}
 
 
-def store_plan(params: Params, teacher_layers: int) -> dict[str, list[int]]:
+def store_plan(params: Params, teacher_layers: int, teacher_heads: int, teacher_width: int) -> dict[str, list[int]]:
     """What the signal store must hold: the tensors every configured method's losses read, for the
-    teacher layers the layer map pairs with a layer of some student in distill.students."""
+    teacher layers the layer map pairs with a layer of some student in distill.students.
+
+    Every (student, method) pair is checked first (`check_compatible`), so a loss that cannot pair
+    the models fails here, before extract or any student runs."""
     dp = params.distill
+    for name in dp.students:
+        for method, weights in params.methods.items():
+            try:
+                check_compatible(weights.weights(), dp, params.students[name], teacher_heads, teacher_width)
+            except UserError as e:
+                raise UserError(f"students.{name} with methods.{method}: {e}") from None
     pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, params.students[name].num_layers)})
     return wanted_tensors([m.weights() for m in params.methods.values()], pairs, dp.attn_mse_on)
 
 
-def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int = 0) -> None:
+def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int) -> None:
     """Fail at load time, naming the params key, when a loss cannot pair these models."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
     for name in weights:
