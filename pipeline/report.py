@@ -1,8 +1,9 @@
 """Stage report: which method, how much better, how sure, at what speed.
 
 Reads what evaluate measured for the teacher and every student (method x seed), and writes:
-reports/summary.json (DVC metrics: per method mean and std over seeds, the paired test against
-the ce student), reports/report.md and the self-contained reports/report.html, the figures
+reports/headline.json (the DVC metrics: per method the mean accuracy, and its difference from the
+ce student with the p-value), reports/summary.json (per method mean and std over seeds of every
+figure, the paired test against the ce student with its interval), reports/report.md and the self-contained reports/report.html, the figures
 (reports/figures/*.png, DVC plots) and the accuracy-latency points (a DVC scatter plot). The
 report and its figures are logged to MLflow as the artifacts of a summary run. A pure function of
 files: no model is loaded here (evaluate wrote the attention maps the heatmaps draw).
@@ -20,7 +21,7 @@ from attnkd.artifacts import PreparedMeta
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_write_files, atomic_write_json, atomic_write_text, read_json
 from attnkd.params import load_params
-from attnkd.reporting import BASELINE, report_document, summarize
+from attnkd.reporting import BASELINE, headline, report_document, summarize
 from attnkd.stage import group_label, model_groups, parser
 from attnkd.tracking import log_summary_run
 
@@ -34,7 +35,7 @@ def read_frame(path: Path, **kwargs) -> pd.DataFrame:
 def main() -> None:
     p = parser(__doc__, metrics_dir="evaluate's metrics", predictions_dir="evaluate's predictions", curves_dir="training curves",
                prepared="prepared data dir (meta.json)", data_report="prepare's data report (JSON)", attention="evaluate's attention heatmap data (JSON)",
-               out="report markdown; report.html and figures/ go beside it", summary="summary metrics JSON", points="accuracy-latency points CSV (DVC plot)")
+               out="report markdown; report.html and figures/ go beside it", summary="summary JSON (every figure per method)", headline="headline metrics JSON (DVC metrics)", points="accuracy-latency points CSV (DVC plot)")
     args = p.parse_args()
     params = load_params(args.params)
     students, methods = params.distill.students, list(params.methods)
@@ -63,7 +64,8 @@ def main() -> None:
     atomic_write_text(args.out.with_suffix(".html"), doc.to_html())
     atomic_write_text(args.out, doc.markdown())
     atomic_write_json(args.summary, summary)
-    log_summary_run(params, summary, [args.out, args.out.with_suffix(".html"), args.summary, args.points], args.out.parent / "figures")
+    atomic_write_json(args.headline, headline(summary))
+    log_summary_run(params, summary, [args.out, args.out.with_suffix(".html"), args.summary, args.headline, args.points], args.out.parent / "figures")
     print(f"report: {len(names)} models, {len(students)} student(s) x {len(methods)} methods x {len(params.student_seeds)} seeds -> {args.out}, {args.out.with_suffix('.html')}")
 
 

@@ -25,3 +25,17 @@ def test_a_pasted_number_is_caught(tmp_path):
     (tmp_path / "README.md").write_text(readme.replace(row, row.replace("3 ", "4 ", 1)))
     proc = subprocess.run([*TOOL, "--check", "--root", str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1 and "README.md" in proc.stderr
+
+
+def test_the_lock_and_reports_hold_only_what_the_pipeline_makes():
+    """No dvc.lock entry of a stage that no longer exists; every committed file under reports/ is an
+    output of a stage (so none is left over from a renamed model)."""
+    import yaml
+
+    names = subprocess.run([sys.executable, "-m", "dvc", "stage", "list", "--name-only"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    lock = yaml.safe_load((REPO / "dvc.lock").read_text())["stages"]
+    assert set(lock) == set(names)
+    outs = [o["path"] for stage in lock.values() for o in stage.get("outs", [])]
+    tracked = subprocess.run(["git", "ls-files", "reports"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    strays = [f for f in tracked if f != "reports/.gitignore" and not any(f == o or f.startswith(o + "/") for o in outs)]
+    assert not strays

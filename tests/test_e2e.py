@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -15,7 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import sh
+from conftest import REPO, sh
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +25,7 @@ def repo(tiny_repo):
 
 
 METHODS = ["ce", "kd", "at", "kd_at"]
+COMPARE = "dvc exp show --only-changed --keep '.*\\.(acc|delta|p)$' --drop '.*/'"  # baseline and experiments on one screen
 STUDENTS = [f"small-{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny params: student_seeds [1, 2]
 
 
@@ -57,8 +59,15 @@ def test_report_table_has_teacher_and_four_methods(repo):
 def test_metrics_and_plots_are_declared_to_dvc(repo):
     root, env, _ = repo
     shown = json.loads(sh(["dvc", "metrics", "show", "--json"], root, env))
-    files = {k for rev in shown.values() for k in rev["data"]}
-    assert {"reports/summary.json", "reports/metrics/teacher.json", "reports/metrics/small-kd_at-s2.json", "reports/train/small-kd_at-s2.json"} <= files
+    assert {k for rev in shown.values() for k in rev["data"]} == {"reports/headline.json"}  # the one metrics file
+    summary = json.loads((root / "reports/summary.json").read_text())
+    headline = next(iter(shown.values()))["data"]["reports/headline.json"]["data"]
+    assert headline["kd_at"] == {"acc": round(summary["kd_at"]["accuracy"]["mean"], 4), "delta": round(100 * summary["kd_at"]["vs_ce"]["delta"], 2),
+                                 "p": round(summary["kd_at"]["vs_ce"]["p_value"], 3)}
+    table = sh(["dvc", "metrics", "show"], root, env | {"COLUMNS": "200"})
+    assert max(map(len, table.splitlines())) <= 200 and "…" not in table
+    detail = sh(["dvc", "metrics", "show", "reports/metrics/small-kd_at-s2.json"], root, env)  # the per-model files, on request
+    assert "per_class.sport.f1" in detail
     out = sh(["dvc", "plots", "show", "--json"], root, env)
     for path in ("reports/figures/curves.png", "reports/figures/accuracy_latency.png", "reports/accuracy_latency.csv",
                  "reports/predictions/small-kd_at-s1.csv", "reports/curves/small-kd_at-s1.tsv"):
@@ -159,12 +168,22 @@ def test_experiment_with_a_changed_knob_is_compared(repo):
     assert "Running stage 'distill@small-kd-1'" in log and "Running stage 'distill@small-kd-2'" in log
     assert not any(f"Running stage '{s}" in log for s in ("teacher", "extract", "distill@small-ce", "distill@small-at", "distill@small-kd_at"))
     header, *shown = csv.reader(sh(["dvc", "exp", "show", "--csv"], root, env).splitlines())
-    assert "methods.kd.kd" in header and any(h.endswith("kd.accuracy.mean") for h in header)  # reports/summary.json
-    weights = {row[header.index("Experiment")]: row[header.index("methods.kd.kd")] for row in shown}
+    name = lambda row: row[header.index("Experiment")] or row[header.index("rev")]  # noqa: E731 (an experiment, or workspace / the branch)
+    weights = {name(row): row[header.index("methods.kd.kd")] for row in shown}
     assert weights["t4"] == "0.25" and "0.5" in weights.values()
+    headline = [h for h in header if h.endswith((".acc", ".delta", ".p"))]
+    assert len(headline) == 1 + 4 + 2 * 3  # teacher and four methods' accuracy; three methods' delta and p vs ce
+    assert COMPARE in (REPO / "README.md").read_text()  # the documented comparison command
+    lines = sh(["dvc", *shlex.split(COMPARE)[1:], "--no-pager"], root, env | {"COLUMNS": "200"}).splitlines()  # a 200-column terminal
+    assert max(map(len, lines)) <= 200 and "…" not in "".join(lines)
+    assert next(l for l in lines if "Experiment" in l).split() == ["Experiment", "Created", *headline, "methods.kd.kd"]
+    for row in shown:
+        line = next(l for l in lines if f"[{name(row)}]" in l or l.split()[:1] == [name(row)])
+        *cells, weight = line.split()[-len(headline) - 1:]
+        assert [float(c) for c in cells] == [float(row[header.index(h)]) for h in headline] and weight == weights[name(row)], line
     params = sh(["dvc", "params", "diff", "HEAD", "t4"], root, env)
     assert "methods.kd.kd" in params and "0.25" in params
-    assert "accuracy" in sh(["dvc", "metrics", "diff", "--all", "HEAD", "t4"], root, env)
+    assert "kd.acc" in sh(["dvc", "metrics", "diff", "--all", "HEAD", "t4"], root, env)  # --all: the tiny students may tie
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     assert {r.data.tags["dvc.experiment"] for r in runs if r.data.tags["dvc.experiment"]} == {"t4"}
@@ -192,6 +211,6 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
     assert sorted((r.info.run_name, r.data.params.get("weights.attn_kl")) for r in queued) == [
         ("distill-small-kd_at-s1", "2.0"), ("distill-small-kd_at-s2", "2.0"), ("report", None)]
     diff = sh(["dvc", "exp", "diff", "--all", "HEAD", "q3"], root, env)
-    assert "methods.kd_at.attn_kl" in diff and "accuracy" in diff
+    assert "methods.kd_at.attn_kl" in diff and "kd_at.acc" in diff
     plots = sh(["dvc", "plots", "diff", "HEAD", "q3", "--json"], root, env)
     assert "reports/curves/small-kd_at-s1.tsv" in plots and "reports/figures/accuracy_latency.png" in plots

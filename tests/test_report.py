@@ -137,3 +137,14 @@ def test_document_renders_the_same_content_as_markdown_and_html():
     assert md.startswith("# T <1>") and "| a       | 0.900 ± 0.010 |" in md and "![a caption](figures/x.png)" in md
     assert "<h1>T &lt;1&gt;</h1>" in html and "<code>ce</code> &amp; more" in html and "<td>0.900 ± 0.010</td>" in html
     assert 'src="data:image/png;base64,iVBORy4uLi4="' in html
+
+
+def test_the_reading_names_only_rows_whose_interval_excludes_zero():
+    from attnkd.reporting import reading
+
+    summary = {"teacher": {}, "ce": {}, "kd": {"vs_ce": {"delta": 0.021, "ci_low": 0.004, "ci_high": 0.04, "p_value": 0.012}},
+               "at": {"vs_ce": {"delta": 0.002, "ci_low": -0.03, "ci_high": 0.03, "p_value": 0.9}}}
+    text = reading(summary)
+    assert "excludes 0): kd (+2.1 points, p 0.012)." in text and "For at the interval contains 0" in text
+    assert reading({"teacher": {}, "ce": {}}) == ""
+    assert "excludes 0): none." in reading({"at": summary["at"]})

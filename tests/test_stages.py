@@ -161,7 +161,7 @@ def test_training_stages_log_runs_with_terms_and_tags(work):
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert artifacts == {"small-kd_at-s1.tsv", "attnkd.json"}
     report = by_name["report"]
-    assert {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)} == {"report.md", "report.html", "summary.json", "accuracy_latency.csv", "figures"}
+    assert {a.path for a in mlflow.MlflowClient().list_artifacts(report.info.run_id)} == {"report.md", "report.html", "summary.json", "headline.json", "accuracy_latency.csv", "figures"}
     assert report.data.metrics["kd_at/accuracy_mean"] == pytest.approx(json.loads((work / "summary.json").read_text())["kd_at"]["accuracy"]["mean"])
 
 

@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+HEATMAP_GAMMA = 0.5  # colour ~ attention^0.5: weak links stay visible next to the [CLS]/[SEP] mass
 TEACHER_COLOUR = "#222222"
 
 
@@ -71,18 +72,21 @@ def accuracy_vs_latency(points: pd.DataFrame, methods: list[str]) -> bytes:
 
 def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], tokens: list[str], title: str) -> bytes:
     """One row per mapped (teacher_layer, student_layer) pair, one column per model: the
-    head-averaged attention (query rows, key columns) on one example, tokens on the axes.
+    head-averaged attention (query rows, key columns) on one example, tokens on the axes, on one
+    colour scale for the figure, a power scale with exponent HEATMAP_GAMMA.
     `maps[model][(t, s)]`: (T, T) for the layer the model has in that pair."""
     models = list(maps)
     pairs = list(maps[models[0]])
     n = len(tokens)
     vmax = max(float(m[:n, :n].max()) for layers in maps.values() for m in layers.values())  # one colour scale for the figure
+    # square-root scale: most mass sits on [CLS] and [SEP]; on a linear scale the rest of the map is black
+    norm = matplotlib.colors.PowerNorm(gamma=HEATMAP_GAMMA, vmin=0.0, vmax=vmax)
     fig, axes = plt.subplots(len(pairs), len(models), figsize=(2.6 * len(models) + 0.8, 2.6 * len(pairs) + 0.6), squeeze=False)
     for r, pair in enumerate(pairs):
         for c, model in enumerate(models):
             ax = axes[r][c]
             layer = pair[0] if model == "teacher" else pair[1]
-            ax.imshow(maps[model][pair][:n, :n], cmap="viridis", vmin=0.0, vmax=vmax, aspect="equal", interpolation="nearest")
+            ax.imshow(maps[model][pair][:n, :n], cmap="viridis", norm=norm, aspect="equal", interpolation="nearest")
             ax.set_title(f"{model}, layer {layer}", fontsize=8)
             ax.set_xticks(range(n), tokens if r == len(pairs) - 1 else [""] * n, rotation=90, fontsize=5)
             ax.set_yticks(range(n), tokens if c == 0 else [""] * n, fontsize=5)

@@ -63,6 +63,18 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
     return out
 
 
+def headline(summary: dict[str, dict]) -> dict[str, dict[str, float]]:
+    """The DVC metrics of a run (reports/headline.json), few enough for `dvc exp show` to print in
+    one screen: per row the mean test accuracy over seeds, and against ce the difference in
+    points and the p-value (summary.json and reports/metrics/ keep the detail)."""
+    out = {}
+    for row, s in summary.items():
+        out[row] = {"acc": round(s["accuracy"]["mean"], 4)}
+        if "vs_ce" in s:
+            out[row] |= {"delta": round(100 * s["vs_ce"]["delta"], 2), "p": round(s["vs_ce"]["p_value"], 3)}
+    return out
+
+
 # ---------------------------------------------------------------------------- tables
 
 
@@ -214,6 +226,22 @@ class Document:
 # ---------------------------------------------------------------------------- the report document
 
 
+def reading(summary: dict[str, dict]) -> str:
+    """What the intervals allow one to say, and nothing more: the rows whose 95% interval of Δ
+    excludes 0, and a warning that the other rows are not told apart from ce by this run."""
+    compared = {row: s["vs_ce"] for row, s in summary.items() if "vs_ce" in s}
+    if not compared:
+        return ""
+    apart = [row for row, v in compared.items() if v["ci_low"] > 0 or v["ci_high"] < 0]
+    rest = [row for row in compared if row not in apart]
+    told = ", ".join(f"{row} ({100 * compared[row]['delta']:+.1f} points, p {compared[row]['p_value']:.3g})" for row in apart)
+    text = f"Told apart from `{BASELINE}` by this run (95% interval of Δ excludes 0): {told or 'none'}."
+    if rest:
+        text += (f" For {', '.join(rest)} the interval contains 0: this run cannot rank them against `{BASELINE}`, and a re-run on another "
+                 "machine, or with other seeds, may flip the sign of Δ.")
+    return text
+
+
 def report_document(params, summary: dict, results: dict, groups: dict[str, list[str]], images: dict[str, bytes], heatmaps: dict[str, bytes],
                     meta: dict, data_report: dict) -> Document:
     """The whole report: quality, efficiency, attention agreement and heatmaps, per class, per
@@ -232,7 +260,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         + ("One seed per method: the report cannot judge significance (seed-to-seed variation is unknown); list 3 or more `student_seeds`."
            if one_seed else
            f"Δ and p against the `{BASELINE}` student (the same student architecture trained with `{BASELINE}` alone): {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "
-           f"(the same seed gives both students the same initialisation and data order).")
+           f"(the same seed gives both students the same initialisation and data order). " + reading(summary))
     )
     doc.heading("Efficiency")
     doc.table(efficiency_table(summary))
@@ -250,7 +278,8 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
                  "match, else between head-averaged maps.")
     for name, image in heatmaps.items():
         doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {name.split('_')[1].split('.')[0]} "
-                   f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair.")
+                   f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair; one colour scale "
+                   f"per figure, proportional to the square root of the attention weight (so weak links stay visible beside [CLS] and [SEP]).")
     doc.heading("Per class (F1, mean over seeds)")
     doc.table(per_class_table(summary, digits))
     doc.heading("Accuracy per seed")
@@ -266,7 +295,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         f"data: {meta.source}, {len(meta.label_names)} classes ({', '.join(meta.label_names)}); "
         f"splits: {splits}; max length {meta.max_length} tokens",
         *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
-          f"init `{sp.init}`" for name, sp in ((n, params.students[n]) for n in students)),
+          f"init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained") for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
