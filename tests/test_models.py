@@ -7,7 +7,7 @@ from transformers import BertForSequenceClassification
 
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
-from attnkd.models import build_student, load_model, resolve_init, student_config
+from attnkd.models import build_student, load_model, resolve_init
 from attnkd.params import StudentParams
 from conftest import tiny_config
 
@@ -82,9 +82,29 @@ def test_a_narrower_student_gets_the_embeddings_projected_on_their_principal_dir
         torch.testing.assert_close(pos_s, pos_t @ vh[:16].T)
 
 
-def test_student_attention_dropout_comes_from_params(teacher):
-    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, attention_dropout=0.0)
-    assert student_config(teacher.config, sp).attention_probs_dropout_prob == 0.0
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_student_attention_dropout_comes_from_params(teacher, dropout):
+    """In training mode the returned attention rows still sum to one only without attention dropout."""
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, attention_dropout=dropout)
+    student = build_student(teacher, sp, [(4, 1)], seed=0).train()
+    out = student(input_ids=torch.tensor([[101, 2000, 2001, 2002, 2003, 102]]), output_attentions=True)
+    rows_are_distributions = torch.allclose(out.attentions[0].sum(-1), torch.ones(1, 4, 6), atol=1e-5)
+    assert rows_are_distributions == (dropout == 0.0)
+
+
+def test_frozen_word_embeddings_stay_the_teachers_through_training(teacher):
+    from attnkd.train import make_optimizer, Budget
+
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=64, init="embeddings", train_embeddings=False)
+    student = build_student(teacher, sp, [(4, 1)], seed=0).train()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    opt, _ = make_optimizer(student, Budget(1, 2, 1e-2, 0.01, 0.0, 0, 2, 0), 1)
+    student(input_ids=torch.tensor([[101, 2000, 2001, 102]]), labels=torch.tensor([1])).loss.backward()
+    opt.step()
+    changed = {k for k, v in student.state_dict().items() if not torch.equal(v, before[k])}
+    assert "bert.embeddings.word_embeddings.weight" not in changed
+    assert torch.equal(student.bert.embeddings.word_embeddings.weight, teacher.bert.embeddings.word_embeddings.weight)
+    assert {"bert.embeddings.position_embeddings.weight", "bert.encoder.layer.0.attention.self.query.weight", "classifier.weight"} <= changed
 
 
 def test_unknown_init_fails_clearly_offline():

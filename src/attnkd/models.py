@@ -100,23 +100,28 @@ def student_config(teacher_config: BertConfig, sp: StudentParams) -> BertConfig:
 
 def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> BertPreTrainedModel:
     """A fresh student of the teacher's class (so with the task's head), initialised from the
-    seed, then copied from the teacher as sp.init says.
-
-    `teacher` copies the embeddings, for each (teacher_layer, student_layer) pair that teacher
-    layer into the student layer (DistilBERT-style), and the head (pooler, classifier or span
-    outputs); `embeddings` copies the embeddings only, projected onto the teacher's top principal
-    directions when the student is narrower.
-    """
+    seed, then copied from the teacher as sp.init says; its word embeddings frozen unless
+    sp.train_embeddings."""
     torch.manual_seed(seed)
     student = type(teacher)(student_config(teacher.config, sp))
+    copy_from_teacher(teacher, student, sp, layer_pairs)
+    student.bert.embeddings.word_embeddings.weight.requires_grad_(sp.train_embeddings)
+    return student
+
+
+def copy_from_teacher(teacher: BertPreTrainedModel, student: BertPreTrainedModel, sp: StudentParams, layer_pairs: list[tuple[int, int]]) -> None:
+    """`teacher` copies the embeddings, for each (teacher_layer, student_layer) pair that teacher
+    layer into the student layer (DistilBERT-style), and the head (pooler, classifier or span
+    outputs); `embeddings` copies the embeddings only, projected onto the teacher's top principal
+    directions when the student is narrower; `random` copies nothing."""
     if sp.init == "random":
-        return student
+        return
     width = teacher.config.hidden_size
     if sp.init == "embeddings" and sp.hidden_size != width:
         if sp.hidden_size > width:
             raise UserError(f"students: init 'embeddings' needs hidden_size <= the teacher's {width} (got {sp.hidden_size}); use init: random")
         copy_projected_embeddings(teacher, student, sp.hidden_size)
-        return student
+        return
     if sp.hidden_size != width:
         raise UserError(f"students: init {sp.init!r} copies teacher layers and needs hidden_size == {width} (got {sp.hidden_size}); "
                         "use init: embeddings or random")
@@ -128,7 +133,6 @@ def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: 
             student.bert.encoder.layer[s_layer - 1].load_state_dict(teacher.bert.encoder.layer[t_layer - 1].state_dict())
         head = {k: v for k, v in teacher.state_dict().items() if not k.startswith(("bert.embeddings.", "bert.encoder."))}
         student.load_state_dict(head, strict=False)  # pooler and task head
-    return student
 
 
 @torch.no_grad()

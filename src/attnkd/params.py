@@ -112,6 +112,9 @@ class StudentParams(Section):
     # embeddings: copy the embeddings (a narrower student gets them projected onto the teacher
     # word embeddings' top principal directions); random: nothing copied.
     init: Literal["teacher", "embeddings", "random"] = "random"
+    # false: the word embeddings (V x H, most of a small student's weights) are not trained: a
+    # copied table stays the teacher's, and each step skips its gradient and optimiser update.
+    train_embeddings: bool = True
     attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
 
@@ -129,7 +132,7 @@ StudentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_]+$")]
 
 
 class DistillParams(TrainingParams):
-    epochs: PosInt = 4  # the student's defaults differ from the teacher's
+    epochs: PosInt = 2
     learning_rate: PosFloat = 6.0e-4
     students: Annotated[list[StudentName], Field(min_length=1), distinct("student")] = ["small"]  # keys of `students` to train
     # uniform: student layer m learns from teacher layer floor(m * N / M); last: only the last
@@ -188,7 +191,7 @@ class EvaluateParams(Section):
     batch_size: PosInt = 64  # predictions, attention agreement, and the throughput batch
     latency_examples: PosInt = 32
     latency_repeats: PosInt = 5  # also the repeats of the throughput measurement
-    throughput_examples: PosInt = 256
+    throughput_examples: PosInt = 64
     calibration_bins: PosInt = 15
 
 
@@ -210,7 +213,7 @@ class Params(Section):
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     extract: ExtractParams = ExtractParams()
-    students: dict[StudentName, StudentParams] = {"small": StudentParams()}  # architectures by name; distill.students picks
+    students: dict[StudentName, StudentParams] = {"small": StudentParams(intermediate_size=768, init="embeddings", train_embeddings=False)}  # architectures by name; distill.students picks
     distill: DistillParams = DistillParams()
     methods: dict[str, MethodWeights] = {
         "ce": MethodWeights(ce=1.0),

@@ -77,7 +77,7 @@ def make_optimizer(model: torch.nn.Module, budget: Budget, total_steps: int):
     student's step.
     """
     decay, no_decay = [], []
-    for p in model.parameters():
+    for p in (p for p in model.parameters() if p.requires_grad):  # frozen ones (students.*.train_embeddings: false) are not updated
         (no_decay if p.ndim < 2 else decay).append(p)
     groups = [{"params": decay, "weight_decay": budget.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=budget.learning_rate, fused=True)
