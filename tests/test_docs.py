@@ -39,3 +39,15 @@ def test_the_lock_and_reports_hold_only_what_the_pipeline_makes():
     tracked = subprocess.run(["git", "ls-files", "reports"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     strays = [f for f in tracked if f != "reports/.gitignore" and not any(f == o or f.startswith(o + "/") for o in outs)]
     assert not strays
+
+
+def test_the_recorded_run_is_that_of_the_code_and_params_here():
+    """dvc.lock pins the code and params of the recorded default run: a change to src/, a stage
+    script or params.yaml must be re-recorded (`dvc repro`, or `dvc commit` when it provably changes
+    no output), or the results in README and docs would no longer be those of this code."""
+    import json
+
+    status = json.loads(subprocess.run([sys.executable, "-m", "dvc", "status", "--json"], cwd=REPO, capture_output=True, text=True, check=True).stdout)
+    changed = {stage: dep for stage, entries in status.items() for e in entries if isinstance(e, dict)
+               for dep, state in e.get("changed deps", {}).items() if state != "deleted"}  # deleted: data not pulled, as in a fresh clone
+    assert not changed
