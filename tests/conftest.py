@@ -17,6 +17,22 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))  # the repository tools (profiles, benchmarks) are not part of the package
 os.environ.setdefault("TQDM_DISABLE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker, for it and every process it starts
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
+SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_resume.py", "test_scaling.py"]  # the longest modules start first
+SHARED = {"test_e2e.py": "tiny_repo", "test_remotes.py": "tiny_repo"}  # modules that share the one `dvc repro` of tiny_repo
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """For `pytest -n N --dist loadgroup` (pyproject.toml): each module is one group, run by one
+    worker, so its module fixtures are built once (the two that share tiny_repo are one group);
+    the slow ones are ordered first, since the suite ends when the longest group does."""
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED.get(item.path.name, item.path.name)))
+    items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
 
 
 def tiny_config(num_labels: int = 5, layers: int = 2) -> BertConfig:

@@ -193,7 +193,7 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
     """Queued runs execute in a copy under .dvc/tmp/exps; their MLflow runs must still land in
     the repo's mlflow.db, tagged with the experiment name."""
     root, env, _ = repo
-    sh(["dvc", "exp", "run", "--queue", "-n", "q3", "-S", "methods.kd_at.attn_kl=2.0"], root, env)  # re-runs one student
+    sh(["dvc", "exp", "run", "--queue", "-n", "q3", "-S", "report.bootstrap_samples=300"], root, env)  # re-runs the report only
     sh(["dvc", "queue", "start"], root, env)
     deadline = time.time() + 420
     while time.time() < deadline:
@@ -208,9 +208,8 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["attnkd"], output_format="list")
     queued = [r for r in runs if r.data.tags["dvc.experiment"] == "q3"]
-    assert sorted((r.info.run_name, r.data.params.get("weights.attn_kl")) for r in queued) == [
-        ("distill-small-kd_at-s1", "2.0"), ("distill-small-kd_at-s2", "2.0"), ("report", None)]
+    assert [r.info.run_name for r in queued] == ["report"]
     diff = sh(["dvc", "exp", "diff", "--all", "HEAD", "q3"], root, env)
-    assert "methods.kd_at.attn_kl" in diff and "kd_at.acc" in diff
+    assert "report.bootstrap_samples" in diff and "kd_at.acc" in diff
     plots = sh(["dvc", "plots", "diff", "HEAD", "q3", "--json"], root, env)
     assert "reports/curves/small-kd_at-s1.tsv" in plots and "reports/figures/accuracy_latency.png" in plots
