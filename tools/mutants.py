@@ -84,7 +84,7 @@ def copy_tree(dst: Path) -> None:
 
 def tests_fail(root: Path, tests: tuple[str, ...]) -> bool:
     env = dict(os.environ, PYTHONPATH=str(root / "src"), TQDM_DISABLE="1")
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests], cwd=root, env=env,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests], cwd=root, env=env,
                           capture_output=True, text=True)
     return proc.returncode != 0
 
