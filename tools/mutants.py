@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 LOSS_TESTS = ("tests/test_losses.py", "tests/test_objective.py")
 STORE_TESTS = ("tests/test_objective.py", "tests/test_signals.py")
 STATS_TESTS = ("tests/test_report.py",)
+SQUAD_TESTS = ("tests/test_squad.py",)
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,13 @@ MUTANTS = [
            "np.sign(observed) * (deltas - observed) >= abs(observed) - 1e-12", STATS_TESTS),
     Mutant("ece_signed_gap", "src/attnkd/metrics.py", "abs(correct[in_bin].mean() - conf[in_bin].mean())",
            "(conf[in_bin].mean() - correct[in_bin].mean())", STATS_TESTS),
+    # SQuAD scores, windows and answers
+    Mutant("squad_keeps_articles", "src/attnkd/squad.py", 'text = re.sub(r"\\b(a|an|the)\\b", " ", text)', "text = text", SQUAD_TESTS),
+    Mutant("squad_f1_counts_repeated_tokens", "src/attnkd/squad.py", "common = sum((collections.Counter(p) & collections.Counter(g)).values())",
+           "common = len([t for t in p if t in g])", SQUAD_TESTS),
+    Mutant("squad_answer_start_one_token_late", "src/attnkd/squad.py", "start = next(i for i in inside if offsets[i][1] > a0)",
+           "start = next(i for i in inside if offsets[i][1] > a0) + 1", SQUAD_TESTS),
+    Mutant("squad_answer_length_unchecked", "src/attnkd/squad.py", " or e - s + 1 > max_answer_tokens", "", SQUAD_TESTS),
     Mutant("ece_unweighted_bins", "src/attnkd/metrics.py", "ece += in_bin.mean() * abs(", "ece += 1 / len(np.unique(which)) * abs(", STATS_TESTS),
 ]
 
@@ -84,6 +92,7 @@ def copy_tree(dst: Path) -> None:
 
 def tests_fail(root: Path, tests: tuple[str, ...]) -> bool:
     env = dict(os.environ, PYTHONPATH=str(root / "src"), TQDM_DISABLE="1")
+    env.setdefault("ATTNKD_SHARED_DATA", str(REPO.parent / "shared/data"))  # the copy is not beside ../shared
     proc = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-n", "0", "-p", "no:cacheprovider", *tests], cwd=root, env=env,
                           capture_output=True, text=True)
     return proc.returncode != 0

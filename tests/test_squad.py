@@ -1,0 +1,137 @@
+"""SQuAD v1.1: the official scores on hand-worked cases, reading the real files and refusing bad
+ones, windows over real paragraphs (answers across window edges), and merging windows back."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from attnkd.errors import UserError
+from attnkd.models import resolve_init
+from attnkd.squad import best_answer, exact_match, f1, normalize_answer, read_squad, windows
+from conftest import REPO
+
+SQUAD = Path(os.environ.get("ATTNKD_SHARED_DATA", REPO.parent / "shared/data")) / "squad_v1.1"
+
+
+def test_normalisation_drops_case_punctuation_articles_and_extra_spaces():
+    assert normalize_answer("  The Denver  Broncos!") == "denver broncos"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert normalize_answer("another theme") == "another theme"  # articles only as whole words
+    assert normalize_answer("U.S.") == "us"
+
+
+def test_exact_match_and_f1_on_hand_worked_cases():
+    golds = ["Denver Broncos", "The Broncos"]
+    assert exact_match("the broncos.", golds) == 1.0 and f1("the broncos.", golds) == 1.0
+    # "denver broncos team" vs "denver broncos": precision 2/3, recall 1 -> 0.8; vs "broncos": 1/3, 1 -> 0.5
+    assert exact_match("Denver Broncos team", golds) == 0.0
+    assert f1("Denver Broncos team", golds) == pytest.approx(0.8)
+    assert f1("broncos broncos", ["Denver Broncos"]) == pytest.approx(2 * 0.5 * 0.5 / 1.0)  # one shared token counted once
+    assert exact_match("", golds) == 0.0 and f1("", golds) == 0.0
+    assert f1("Carolina", golds) == 0.0
+
+
+@pytest.fixture(scope="module")
+def dev() -> list:
+    return read_squad(SQUAD / "dev-v1.1.json.zip", require_answers=True)
+
+
+def test_the_real_files_read_question_by_question(dev):
+    assert len(dev) == 10570 and len({q.title for q in dev}) == 48
+    assert all(1 <= len(q.answers) for q in dev)
+    train = read_squad(SQUAD / "train-v1.1-prefix.json.zip")
+    assert len(train) == 4370 and all(len(q.answers) == 1 for q in train)
+    assert all(q.context[a["answer_start"] :].startswith(a["text"]) for q in train[:500] for a in q.answers)
+
+
+def _write(tmp: Path, doc) -> Path:
+    path = tmp / "bad.json"
+    path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    return path
+
+
+def _doc(**qa_changes) -> dict:
+    qa = {"id": "q1", "question": "Who won?", "answers": [{"text": "Denver", "answer_start": 0}]} | qa_changes
+    return {"version": "1.1", "data": [{"title": "T", "paragraphs": [{"context": "Denver won the game.", "qas": [qa]}]}]}
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("{not json", r"bad.json: not SQuAD JSON"),
+    ({"version": "1.1"}, r"bad.json: not SQuAD JSON \(no top-level 'data' list\)"),
+    ({"data": [{"title": "T", "paragraphs": [{"qas": []}]}]}, r"bad.json: article 'T', paragraph 0: missing 'context'"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "x"}]}]}, r"bad.json: article 'T', paragraph 0: missing 'qas'"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "  ", "qas": []}]}]}, r"bad.json: article 'T', paragraph 0: empty context"),
+    ({"data": [{"title": "T", "paragraphs": [{"context": "Denver won.", "qas": [{"id": "q7", "question": "?"}]}]}]},
+     r"bad.json: question q7: missing 'answers'"),
+    (_doc(answers=[{"text": "Denver", "answer_start": 3}]), r"bad.json: question q1: answer_start 3 does not point at 'Denver'"),
+    (_doc(answers=[]), r"bad.json: question q1: no answers \(a training split needs one\)"),
+])
+def test_bad_squad_input_is_one_error_naming_file_and_question(tmp_path, doc, message):
+    with pytest.raises(UserError, match=message):
+        read_squad(_write(tmp_path, doc), require_answers=True)
+
+
+def test_an_evaluation_split_may_have_unanswered_questions(tmp_path):
+    assert read_squad(_write(tmp_path, _doc(answers=[])), require_answers=False)[0].answers == []
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(str(resolve_init("all-MiniLM-L6-v2")))
+
+
+def test_windows_map_answers_to_tokens_and_point_at_cls_when_cut(dev, tokenizer):
+    """Real paragraphs cut into 64-token windows with a 16-token stride: where a window holds the whole
+    answer, its first and last tokens are those holding the answer's first and last characters (an
+    answer inside a word maps to the whole token); where it holds part or none, it
+    points at [CLS]; every answer lies whole in at least one window; the windows cover the context."""
+    rows = [q for q in dev if len(q.context) > 600][:40]
+    ws = windows(tokenizer, rows, max_length=64, stride=16)
+    straddled = 0
+    for q, row in enumerate(rows):
+        mine = [w for w in ws if w.question == q]
+        assert len(mine) > 1 and all(len(w.input_ids) <= 64 for w in mine)
+        a0 = row.answers[0]["answer_start"]
+        a1 = a0 + len(row.answers[0]["text"])
+        for w in mine:
+            spans = [o for o in w.offsets if o is not None]
+            whole = spans[0][0] <= a0 and a1 <= spans[-1][1]
+            partial = not whole and spans[0][0] < a1 and a0 < spans[-1][1]
+            straddled += partial
+            if whole:
+                assert 0 < w.start <= w.end and w.offsets[w.start][0] <= a0 < w.offsets[w.start][1]
+                assert w.offsets[w.end][0] < a1 <= w.offsets[w.end][1]
+                assert row.answers[0]["text"] in row.context[w.offsets[w.start][0] : w.offsets[w.end][1]]  # whole tokens: "gold" in "golden"
+            else:
+                assert (w.start, w.end) == (0, 0)
+        assert any(w.start > 0 for w in mine)
+        covered = sorted({o for w in mine for o in w.offsets if o is not None})
+        assert covered[0][0] == 0 and covered[-1][1] == len(row.context.rstrip())
+    assert straddled > 0  # some answers do cross a window edge here
+
+
+def test_best_answer_merges_windows_within_the_context_and_the_length_limit(dev, tokenizer):
+    row = next(q for q in dev if len(q.context) > 600)
+    ws = windows(tokenizer, [row], max_length=64, stride=16)
+    gold = next(w for w in ws if w.start > 0)
+    spans = []
+    for w in ws:
+        start, end = np.zeros(len(w.input_ids)), np.zeros(len(w.input_ids))
+        start[0] = end[0] = 50.0  # [CLS] and the question are never an answer
+        if w is gold:
+            start[w.start], end[w.end] = 5.0, 5.0
+        spans.append((start, end, w.offsets))
+    assert normalize_answer(best_answer(row.context, spans, max_answer_tokens=30)) == normalize_answer(row.answers[0]["text"])
+    start, end, offsets = spans[ws.index(gold)]
+    end[gold.end] = 0.0
+    far = min(gold.start + 10, max(i for i, o in enumerate(offsets) if o is not None))
+    end[far] = 6.0  # a higher-scoring end beyond the length limit is not taken
+    assert offsets[far] is not None
+    assert best_answer(row.context, spans, max_answer_tokens=5) != row.context[offsets[gold.start][0] : offsets[far][1]]
+    assert best_answer(row.context, spans, max_answer_tokens=30) == row.context[offsets[gold.start][0] : offsets[far][1]]
