@@ -9,11 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from transformers import AutoTokenizer
 
 from attnkd.errors import UserError
 from attnkd.models import resolve_init
-from attnkd.squad import best_answer, exact_match, f1, normalize_answer, read_squad, windows
+from attnkd.losses import kd_loss
+from attnkd.squad import best_answer, exact_match, f1, normalize_answer, read_squad, span_rows, split_by_article, windows
 from conftest import REPO
 
 SQUAD = Path(os.environ.get("ATTNKD_SHARED_DATA", REPO.parent / "shared/data")) / "squad_v1.1"
@@ -135,3 +137,44 @@ def test_best_answer_merges_windows_within_the_context_and_the_length_limit(dev,
     assert offsets[far] is not None
     assert best_answer(row.context, spans, max_answer_tokens=5) != row.context[offsets[gold.start][0] : offsets[far][1]]
     assert best_answer(row.context, spans, max_answer_tokens=30) == row.context[offsets[gold.start][0] : offsets[far][1]]
+
+
+def test_article_splits_are_disjoint_sized_and_fixed_by_the_seed(dev):
+    train = read_squad(SQUAD / "train-v1.1-prefix.json.zip")
+    splits = split_by_article(dev, train, test_questions=2500, validation_questions=800, seed=42)
+    titles = {k: {q.title for q in v} for k, v in splits.items()}
+    assert not (titles["test"] & titles["validation"]) and not (titles["train"] & (titles["test"] | titles["validation"]))
+    assert len(splits["test"]) >= 2500 and len(splits["validation"]) >= 800
+    assert sum(map(len, splits.values())) == len(dev) + len(train) and set(q.id for q in train) <= {q.id for q in splits["train"]}
+    again = split_by_article(dev, train, 2500, 800, seed=42)
+    assert [q.id for q in again["test"]] == [q.id for q in splits["test"]]
+    assert {q.title for q in split_by_article(dev, train, 2500, 800, seed=7)["test"]} != titles["test"]
+    with pytest.raises(UserError, match="20000 test and 800 validation questions asked, the dev file has 10570"):
+        split_by_article(dev, train, 20000, 800, seed=42)
+
+
+def test_span_rows_mask_question_and_padding_and_keep_cls():
+    # [CLS] q q [SEP] c c c [SEP] pad pad
+    types = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]])
+    start, end = torch.arange(10.0)[None], -torch.arange(10.0)[None]
+    rows = span_rows(start, end, types, mask)
+    assert rows.shape == (2, 10)
+    kept = [0, 4, 5, 6]
+    assert torch.equal(rows[0, kept], start[0, kept]) and torch.equal(rows[1, kept], end[0, kept])
+    assert (rows[:, [1, 2, 3, 7, 8, 9]] == -1e4).all()
+
+
+def test_span_kd_is_hinton_kd_over_the_context_and_cls_with_t_squared():
+    """Start rows differ (teacher [2, 0] on the two allowed positions, student uniform), end rows agree:
+    L = T^2 * (KL(softmax([2, 0] / T) || uniform) + 0) / 2 rows. Whatever the masked positions hold,
+    the value stays."""
+    types = torch.tensor([[0, 0, 0, 1, 1]])  # [CLS] q [SEP] c [SEP]
+    mask = torch.ones(1, 5, dtype=torch.long)
+    t_start, t_end = torch.tensor([[2.0, 9.0, 9.0, 0.0, 9.0]]), torch.tensor([[1.0, -5.0, 3.0, 1.0, 7.0]])
+    s_start, s_end = torch.tensor([[0.0, -3.0, 4.0, 0.0, 1.0]]), torch.tensor([[1.0, 2.0, 0.0, 1.0, -2.0]])
+    temperature = 2.0
+    p = torch.softmax(torch.tensor([2.0, 0.0]) / temperature, 0)
+    expected = temperature**2 * float((p * torch.log(p / 0.5)).sum()) / 2
+    loss = kd_loss(span_rows(s_start, s_end, types, mask), span_rows(t_start, t_end, types, mask), temperature)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)

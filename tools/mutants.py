@@ -76,6 +76,9 @@ MUTANTS = [
     Mutant("squad_answer_start_one_token_late", "src/attnkd/squad.py", "start = next(i for i in inside if offsets[i][1] > a0)",
            "start = next(i for i in inside if offsets[i][1] > a0) + 1", SQUAD_TESTS),
     Mutant("squad_answer_length_unchecked", "src/attnkd/squad.py", " or e - s + 1 > max_answer_tokens", "", SQUAD_TESTS),
+    Mutant("squad_span_rows_mask_cls", "src/attnkd/squad.py", "allowed[:, 0] = True  # [CLS]", "allowed[:, 0] = False  # [CLS]", SQUAD_TESTS),
+    Mutant("squad_span_rows_keep_the_question", "src/attnkd/squad.py", "allowed = (token_type_ids.bool() & attention_mask.bool()).clone()",
+           "allowed = attention_mask.bool().clone()", SQUAD_TESTS),
     Mutant("ece_unweighted_bins", "src/attnkd/metrics.py", "ece += in_bin.mean() * abs(", "ece += 1 / len(np.unique(which)) * abs(", STATS_TESTS),
 ]
 

@@ -186,3 +186,40 @@ def best_answer(context: str, spans: list[tuple[np.ndarray, np.ndarray, list]], 
                 if score > best:
                     best, text = score, context[offsets[s][0] : offsets[e][1]]
     return text
+
+
+# ---------------------------------------------------------------------------- splits and span rows
+
+
+def split_by_article(dev: list[Question], train: list[Question], test_questions: int, validation_questions: int,
+                     seed: int) -> dict[str, list[Question]]:
+    """Train, validation and test splits that never share an article (the questions of a paragraph
+    share its context). The dev articles in an order drawn from `seed` fill the test split until it
+    holds at least `test_questions` questions, then validation until `validation_questions`; the
+    remaining dev articles join the training file's. The test split is not the official dev set."""
+    titles = list(dict.fromkeys(q.title for q in dev))
+    order = [titles[i] for i in np.random.default_rng(seed).permutation(len(titles))]
+    by_title = {t: [q for q in dev if q.title == t] for t in titles}
+    if sum(map(len, by_title.values())) < test_questions + validation_questions:
+        raise UserError(f"data: {test_questions} test and {validation_questions} validation questions asked, the dev file has {len(dev)}")
+    picked: dict[str, list[str]] = {"test": [], "validation": []}
+    for split, target in (("test", test_questions), ("validation", validation_questions)):
+        while sum(len(by_title[t]) for t in picked[split]) < target:
+            picked[split].append(order.pop(0))
+    rest = [q for t in order for q in by_title[t]]
+    return {"train": train + rest, "validation": [q for t in picked["validation"] for q in by_title[t]],
+            "test": [q for t in picked["test"] for q in by_title[t]]}
+
+
+def span_rows(start_logits, end_logits, token_type_ids, attention_mask, fill: float = -1e4):
+    """The view the losses read for span extraction: a start row and an end row per window, (2B, T),
+    with the question and padding masked to `fill` and [CLS] (position 0, the no-answer position)
+    kept, as TextBrewer's and HF's distillation examples do. start_logits, end_logits: (B, T);
+    token_type_ids, attention_mask: (B, T), 1 on context tokens and on real tokens."""
+    import torch
+
+    allowed = (token_type_ids.bool() & attention_mask.bool()).clone()  # context tokens and the final [SEP]
+    allowed[torch.arange(len(allowed)), attention_mask.sum(1) - 1] = False  # not the final [SEP]
+    allowed[:, 0] = True  # [CLS]
+    rows = torch.stack([start_logits, end_logits], 1).masked_fill(~allowed[:, None, :], fill)  # (B, 2, T)
+    return rows.flatten(0, 1)
