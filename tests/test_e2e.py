@@ -25,7 +25,7 @@ def repo(tiny_repo):
 
 
 METHODS = ["ce", "kd", "at", "kd_at"]
-COMPARE = "dvc exp show --only-changed --keep '.*\\.(acc|delta|p)$' --drop '.*/'"  # baseline and experiments on one screen
+COMPARE = "dvc exp show --only-changed --keep '.*\\.(acc|delta|p)$' --drop '.*/|State|Executor'"  # baseline and experiments on one screen
 STUDENTS = [f"small-{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny params: student_seeds [1, 2]
 
 
@@ -211,5 +211,8 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
     assert [r.info.run_name for r in queued] == ["report"]
     diff = sh(["dvc", "exp", "diff", "--all", "HEAD", "q3"], root, env)
     assert "report.bootstrap_samples" in diff and "kd_at.acc" in diff
+    lines = sh(["dvc", *shlex.split(COMPARE)[1:], "--no-pager"], root, env | {"COLUMNS": "200"}).splitlines()  # now two experiments
+    assert max(map(len, lines)) <= 200 and "…" not in "".join(lines) and sum("[t4]" in l or "[q3]" in l for l in lines) == 2, "\n".join(lines)
+    assert {"methods.kd.kd", "report.bootstrap_samples"} <= set(next(l for l in lines if "Experiment" in l).split())
     plots = sh(["dvc", "plots", "diff", "HEAD", "q3", "--json"], root, env)
     assert "reports/curves/small-kd_at-s1.tsv" in plots and "reports/figures/accuracy_latency.png" in plots
