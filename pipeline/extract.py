@@ -34,7 +34,7 @@ def main() -> None:
     task = get_task(params.task)
     model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
-    wanted = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.num_hidden_layers, model.config.num_attention_heads, model.config.hidden_size)
+    wanted = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),

@@ -19,8 +19,7 @@ def main() -> None:
     p = parser(__doc__, teacher="teacher model dir (its depth)", out="the plan (JSON)")
     args = p.parse_args()
     params = setup(args.params)
-    config = read_json(args.teacher / "config.json")
-    wanted = store_plan(params, config["num_hidden_layers"], config["num_attention_heads"], config["hidden_size"])
+    wanted = store_plan(params, read_json(args.teacher / "config.json"))
     atomic_write_json(args.out, {"tensors": wanted})
     print(f"plan: store {wanted or 'logits only'} -> {args.out}")
 

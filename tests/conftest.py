@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import runpy
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +32,15 @@ def pytest_collection_modifyitems(items):
     for item in items:
         item.add_marker(pytest.mark.xdist_group(SHARED.get(item.path.name, item.path.name)))
     items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
+
+
+def shared_data(probe: str) -> Path:
+    """The real benchmark files (../shared/data): $ATTNKD_SHARED_DATA, else ../shared/data beside the
+    repo or /work/shared/data, the first that holds `probe` (a path inside it)."""
+    for root in (os.environ.get("ATTNKD_SHARED_DATA"), REPO.parent / "shared/data", "/work/shared/data"):
+        if root and (Path(root) / probe).is_file():
+            return Path(root)
+    raise FileNotFoundError(f"{probe} not found: set ATTNKD_SHARED_DATA to the folder holding the shared benchmark files")
 
 
 def tiny_config(num_labels: int = 5, layers: int = 2) -> BertConfig:
@@ -107,12 +115,10 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> str:
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory, tiny_model_dir):
     """A fresh git clone-alike of the project with tiny params, after one `dvc repro`."""
+    from mutants import copy_tree
+
     root = tmp_path_factory.mktemp("e2e") / "repo"
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_tree(root)
     (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir), sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"

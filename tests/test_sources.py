@@ -5,7 +5,6 @@ error. Bad inputs of every stage, `prepare`'s included, are in test_bad_inputs.p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +13,7 @@ import pytest
 import yaml
 
 from profiles import command, load_profile, merge
-from conftest import REPO, run_pipeline, run_script, tiny_params
-
-
-def shared_data() -> Path:
-    """The real GLUE files: $ATTNKD_SHARED_DATA, else ../shared/data beside the repo or /work/shared/data."""
-    for root in (os.environ.get("ATTNKD_SHARED_DATA"), REPO.parent / "shared/data", "/work/shared/data"):
-        if root and (Path(root) / "sst2/train.tsv").is_file():
-            return Path(root)
-    raise FileNotFoundError("GLUE files not found: set ATTNKD_SHARED_DATA to the folder holding sst2/, mrpc/ and rte/")
+from conftest import run_pipeline, run_script, shared_data, tiny_params
 
 
 def glue_slice(dst: Path, name: str, rows: int) -> Path:
@@ -30,7 +21,7 @@ def glue_slice(dst: Path, name: str, rows: int) -> Path:
     out = dst / name
     out.mkdir(parents=True)
     for file in ("train.tsv", "dev.tsv"):
-        lines = (shared_data() / name / file).read_bytes().split(b"\n")
+        lines = (shared_data("sst2/train.tsv") / name / file).read_bytes().split(b"\n")
         (out / file).write_bytes(b"\n".join(lines[: rows + 1]) + b"\n")
     return out
 

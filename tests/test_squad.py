@@ -4,7 +4,6 @@ ones, windows over real paragraphs (answers across window edges), and merging wi
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,9 @@ from attnkd.errors import UserError
 from attnkd.models import resolve_init
 from attnkd.losses import kd_loss
 from attnkd.squad import best_answer, exact_match, f1, normalize_answer, read_squad, span_rows, split_by_article, windows
-from conftest import REPO
+from conftest import shared_data
 
-SQUAD = Path(os.environ.get("ATTNKD_SHARED_DATA", REPO.parent / "shared/data")) / "squad_v1.1"
+SQUAD = shared_data("squad_v1.1/dev-v1.1.json.zip") / "squad_v1.1"
 
 
 def test_normalisation_drops_case_punctuation_articles_and_extra_spaces():

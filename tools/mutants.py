@@ -35,62 +35,70 @@ class Mutant:
     tests: tuple[str, ...]
 
 
+def group(file: str, tests: tuple[str, ...], *changes: tuple[str, str, str]) -> list[Mutant]:
+    """The mutants of one file, each (name, old text, new text), noticed by the same tests."""
+    return [Mutant(name, file, old, new, tests) for name, old, new in changes]
+
+
 MUTANTS = [
     # the store and the layer convention
-    Mutant("attn_from_the_layer_below", "src/attnkd/models.py", "return out.attentions[layer - 1]", "return out.attentions[max(layer - 2, 0)]", STORE_TESTS),
-    Mutant("hidden_from_the_layer_below", "src/attnkd/models.py", "return out.hidden_states[layer]", "return out.hidden_states[layer - 1]", STORE_TESTS),
-    Mutant("qkv_captured_from_the_layer_below", "src/attnkd/models.py", "attn = model.bert.encoder.layer[l - 1].attention.self",
-           "attn = model.bert.encoder.layer[max(l - 2, 0)].attention.self", STORE_TESTS),
-    Mutant("store_writes_zero_qkv_and_scores", "src/attnkd/signals.py", "x = tensors[(kind, l)].cpu().numpy()",
-           "x = tensors[(kind, l)].cpu().numpy() * (kind not in ('q', 'k', 'v', 'scores'))", STORE_TESTS),
-    Mutant("store_writes_zeros", "src/attnkd/signals.py", "x = tensors[(kind, l)].cpu().numpy()", "x = tensors[(kind, l)].cpu().numpy() * 0", STORE_TESTS),
-    Mutant("store_writes_zero_logits", "src/attnkd/signals.py", "x = value.cpu().numpy()", "x = value.cpu().numpy() * 0", STORE_TESTS),
+    *group("src/attnkd/models.py", STORE_TESTS,
+           ("attn_from_the_layer_below", "return out.attentions[layer - 1]", "return out.attentions[max(layer - 2, 0)]"),
+           ("hidden_from_the_layer_below", "return out.hidden_states[layer]", "return out.hidden_states[layer - 1]"),
+           ("qkv_captured_from_the_layer_below", "attn = model.bert.encoder.layer[l - 1].attention.self",
+            "attn = model.bert.encoder.layer[max(l - 2, 0)].attention.self")),
+    *group("src/attnkd/signals.py", STORE_TESTS,
+           ("store_writes_zero_qkv_and_scores", "x = tensors[(kind, l)].cpu().numpy()",
+            "x = tensors[(kind, l)].cpu().numpy() * (kind not in ('q', 'k', 'v', 'scores'))"),
+           ("store_writes_zeros", "x = tensors[(kind, l)].cpu().numpy()", "x = tensors[(kind, l)].cpu().numpy() * 0"),
+           ("store_writes_zero_logits", "x = value.cpu().numpy()", "x = value.cpu().numpy() * 0")),
     # losses: heads, scaling, reductions
-    Mutant("kd_without_t2", "src/attnkd/losses.py", 'reduction="batchmean") * temperature**2', 'reduction="batchmean")', LOSS_TESTS),
-    Mutant("attn_kl_sums_heads", "src/attnkd/losses.py", "/ (queries.sum((1, 2)) * attn_s.shape[1])", "/ queries.sum((1, 2))", LOSS_TESTS),
-    Mutant("attn_mse_sums_heads", "src/attnkd/losses.py", "/ (pair.sum((1, 2, 3)) * attn_s.shape[1])", "/ pair.sum((1, 2, 3))", LOSS_TESTS),
-    Mutant("relation_scaled_by_sqrt_width", "src/attnkd/losses.py", "xh @ xh.transpose(-1, -2) / xh.shape[-1] ** 0.5",
-           "xh @ xh.transpose(-1, -2) / x.shape[-1] ** 0.5", LOSS_TESTS),
-    Mutant("qkv_relation_sums_the_three", "src/attnkd/losses.py", 'for k in ("q", "k", "v")]).mean()', 'for k in ("q", "k", "v")]).sum()', LOSS_TESTS),
-    Mutant("value_relation_one_head", "src/attnkd/losses.py", 'value_relation_loss(s["v"], t["v"], mask, cfg.teacher_heads)',
-           'value_relation_loss(s["v"], t["v"], mask, 1)', LOSS_TESTS),
-    Mutant("attn_kl_keeps_padded_queries", "src/attnkd/losses.py", "queries = mask[:, None, :].float()  # (B, 1, T)",
-           "queries = torch.ones_like(mask[:, None, :]).float()  # (B, 1, T)", LOSS_TESTS),
-    Mutant("relation_heads_checked_on_the_student_only", "src/attnkd/losses.py",
-           'for side, width in (("student", cfg.student_width), ("teacher", cfg.teacher_width)):',
-           'for side, width in (("student", cfg.student_width),):', ("tests/test_objective.py",)),
+    *group("src/attnkd/losses.py", LOSS_TESTS,
+           ("kd_without_t2", 'reduction="batchmean") * temperature**2', 'reduction="batchmean")'),
+           ("attn_kl_sums_heads", "/ (queries.sum((1, 2)) * attn_s.shape[1])", "/ queries.sum((1, 2))"),
+           ("attn_mse_sums_heads", "/ (pair.sum((1, 2, 3)) * attn_s.shape[1])", "/ pair.sum((1, 2, 3))"),
+           ("relation_scaled_by_sqrt_width", "xh @ xh.transpose(-1, -2) / xh.shape[-1] ** 0.5", "xh @ xh.transpose(-1, -2) / x.shape[-1] ** 0.5"),
+           ("qkv_relation_sums_the_three", 'for k in ("q", "k", "v")]).mean()', 'for k in ("q", "k", "v")]).sum()'),
+           ("value_relation_one_head", 'value_relation_loss(s["v"], t["v"], mask, cfg.teacher_heads)', 'value_relation_loss(s["v"], t["v"], mask, 1)'),
+           ("attn_kl_keeps_padded_queries", "queries = mask[:, None, :].float()  # (B, 1, T)",
+            "queries = torch.ones_like(mask[:, None, :]).float()  # (B, 1, T)")),
+    *group("src/attnkd/losses.py", ("tests/test_objective.py",),
+           ("relation_heads_checked_on_the_student_only", 'for side, width in (("student", cfg.student_width), ("teacher", cfg.teacher_width)):',
+            'for side, width in (("student", cfg.student_width),):')),
     # statistics
-    Mutant("bootstrap_resamples_seeds_only", "src/attnkd/stats.py", "example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)",
-           "example_counts = np.ones((stop - start, n))", STATS_TESTS),
-    Mutant("bootstrap_resamples_examples_only", "src/attnkd/stats.py",
-           "seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=samples)", "seed_counts = np.ones((samples, n_seeds))", STATS_TESTS),
-    Mutant("bootstrap_90_percent_interval", "src/attnkd/stats.py", "np.quantile(deltas, [0.025, 0.975])", "np.quantile(deltas, [0.05, 0.95])", STATS_TESTS),
-    Mutant("bootstrap_one_sided_p", "src/attnkd/stats.py", "np.abs(deltas - observed) >= abs(observed) - 1e-12",
-           "np.sign(observed) * (deltas - observed) >= abs(observed) - 1e-12", STATS_TESTS),
-    Mutant("ece_signed_gap", "src/attnkd/metrics.py", "abs(correct[in_bin].mean() - conf[in_bin].mean())",
-           "(conf[in_bin].mean() - correct[in_bin].mean())", STATS_TESTS),
+    *group("src/attnkd/stats.py", STATS_TESTS,
+           ("bootstrap_resamples_seeds_only", "example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)",
+            "example_counts = np.ones((stop - start, n))"),
+           ("bootstrap_resamples_examples_only", "seed_counts = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=samples)",
+            "seed_counts = np.ones((samples, n_seeds))"),
+           ("bootstrap_90_percent_interval", "np.quantile(deltas, [0.025, 0.975])", "np.quantile(deltas, [0.05, 0.95])"),
+           ("bootstrap_one_sided_p", "np.abs(deltas - observed) >= abs(observed) - 1e-12", "np.sign(observed) * (deltas - observed) >= abs(observed) - 1e-12")),
+    *group("src/attnkd/metrics.py", STATS_TESTS,
+           ("ece_signed_gap", "abs(correct[in_bin].mean() - conf[in_bin].mean())", "(conf[in_bin].mean() - correct[in_bin].mean())"),
+           ("ece_unweighted_bins", "ece += in_bin.mean() * abs(", "ece += 1 / len(np.unique(which)) * abs(")),
     # SQuAD scores, windows and answers
-    Mutant("squad_keeps_articles", "src/attnkd/squad.py", 'text = re.sub(r"\\b(a|an|the)\\b", " ", text)', "text = text", SQUAD_TESTS),
-    Mutant("squad_f1_counts_repeated_tokens", "src/attnkd/squad.py", "common = sum((collections.Counter(p) & collections.Counter(g)).values())",
-           "common = len([t for t in p if t in g])", SQUAD_TESTS),
-    Mutant("squad_answer_start_one_token_late", "src/attnkd/squad.py", "start = next(i for i in inside if offsets[i][1] > a0)",
-           "start = next(i for i in inside if offsets[i][1] > a0) + 1", SQUAD_TESTS),
-    Mutant("squad_answer_length_unchecked", "src/attnkd/squad.py", " or e - s + 1 > max_answer_tokens", "", SQUAD_TESTS),
-    Mutant("squad_span_rows_mask_cls", "src/attnkd/squad.py", "allowed[:, 0] = True  # [CLS]", "allowed[:, 0] = False  # [CLS]", SQUAD_TESTS),
-    Mutant("squad_span_rows_keep_the_question", "src/attnkd/squad.py", "allowed = (token_type_ids.bool() & attention_mask.bool()).clone()",
-           "allowed = attention_mask.bool().clone()", SQUAD_TESTS),
-    Mutant("ece_unweighted_bins", "src/attnkd/metrics.py", "ece += in_bin.mean() * abs(", "ece += 1 / len(np.unique(which)) * abs(", STATS_TESTS),
+    *group("src/attnkd/squad.py", SQUAD_TESTS,
+           ("squad_keeps_articles", 'text = re.sub(r"\\b(a|an|the)\\b", " ", text)', "text = text"),
+           ("squad_f1_counts_repeated_tokens", "common = sum((collections.Counter(p) & collections.Counter(g)).values())",
+            "common = len([t for t in p if t in g])"),
+           ("squad_answer_start_one_token_late", "start = next(i for i in inside if offsets[i][1] > a0)",
+            "start = next(i for i in inside if offsets[i][1] > a0) + 1"),
+           ("squad_answer_length_unchecked", " or e - s + 1 > max_answer_tokens", ""),
+           ("squad_span_rows_mask_cls", "allowed[:, 0] = True  # [CLS]", "allowed[:, 0] = False  # [CLS]"),
+           ("squad_span_rows_keep_the_question", "allowed = (token_type_ids.bool() & attention_mask.bool()).clone()",
+            "allowed = attention_mask.bool().clone()")),
 ]
 
 
-def copy_tree(dst: Path) -> None:
-    """The working tree as git sees it (tracked and untracked, not ignored)."""
-    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO, capture_output=True, text=True,
+def copy_tree(dst: Path, src: Path = REPO) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored), copied into dst; also
+    the tests' temporary copy of the repository (tests/conftest.py)."""
+    names = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src, capture_output=True, text=True,
                            check=True).stdout.split()
     for name in names:
-        if (REPO / name).is_file():
+        if (src / name).is_file():
             (dst / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dst / name)
+            shutil.copy2(src / name, dst / name)
 
 
 def tests_fail(root: Path, tests: tuple[str, ...]) -> bool:

@@ -39,13 +39,15 @@ def wanted_tensors(weights: list[dict[str, float]], pairs: Pairs, attn_mse_on: s
     return {k: sorted({t for t, _ in pairs}) for k in sorted(kinds)}
 
 
-def store_plan(params: Params, teacher_layers: int, teacher_heads: int, teacher_width: int) -> dict[str, list[int]]:
+def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
     """What the signal store must hold: the tensors every configured method's losses read, for the
     teacher layers the layer map pairs with a layer of some student in distill.students.
 
     Every (student, method) pair is checked first (`check_compatible`), so a loss that cannot pair
-    the models fails here, before extract or any student runs."""
+    the models fails here, before extract or any student runs. teacher_config: the teacher's
+    config.json (depth, heads, width)."""
     dp = params.distill
+    teacher_layers, teacher_heads, teacher_width = (teacher_config[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
     for name in dp.students:
         for method, weights in params.methods.items():
             try:

@@ -19,8 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from attnkd.errors import UserError
+
+PUNCTUATION = frozenset(string.punctuation)
 
 
 # ---------------------------------------------------------------------------- the official scores
@@ -30,7 +33,7 @@ def normalize_answer(text: str) -> str:
     """The v1.1 evaluation script's normalisation: lower case, no punctuation, no articles
     (a, an, the), single spaces."""
     text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = "".join(ch for ch in text if ch not in PUNCTUATION)
     text = re.sub(r"\b(a|an|the)\b", " ", text)
     return " ".join(text.split())
 
@@ -42,8 +45,10 @@ def exact_match(prediction: str, golds: list[str]) -> float:
 
 def f1(prediction: str, golds: list[str]) -> float:
     """Token-overlap F1 of the normalised prediction, the best over the gold answers."""
+    p = normalize_answer(prediction).split()
+
     def one(gold: str) -> float:
-        p, g = normalize_answer(prediction).split(), normalize_answer(gold).split()
+        g = normalize_answer(gold).split()
         common = sum((collections.Counter(p) & collections.Counter(g)).values())
         if common == 0:
             return 0.0
@@ -197,11 +202,13 @@ def split_by_article(dev: list[Question], train: list[Question], test_questions:
     share its context). The dev articles in an order drawn from `seed` fill the test split until it
     holds at least `test_questions` questions, then validation until `validation_questions`; the
     remaining dev articles join the training file's. The test split is not the official dev set."""
-    titles = list(dict.fromkeys(q.title for q in dev))
-    order = [titles[i] for i in np.random.default_rng(seed).permutation(len(titles))]
-    by_title = {t: [q for q in dev if q.title == t] for t in titles}
-    if sum(map(len, by_title.values())) < test_questions + validation_questions:
+    by_title: dict[str, list[Question]] = {}
+    for q in dev:
+        by_title.setdefault(q.title, []).append(q)
+    if len(dev) < test_questions + validation_questions:
         raise UserError(f"data: {test_questions} test and {validation_questions} validation questions asked, the dev file has {len(dev)}")
+    titles = list(by_title)  # in file order
+    order = [titles[i] for i in np.random.default_rng(seed).permutation(len(titles))]
     picked: dict[str, list[str]] = {"test": [], "validation": []}
     for split, target in (("test", test_questions), ("validation", validation_questions)):
         while sum(len(by_title[t]) for t in picked[split]) < target:
@@ -216,8 +223,6 @@ def span_rows(start_logits, end_logits, token_type_ids, attention_mask, fill: fl
     with the question and padding masked to `fill` and [CLS] (position 0, the no-answer position)
     kept, as TextBrewer's and HF's distillation examples do. start_logits, end_logits: (B, T);
     token_type_ids, attention_mask: (B, T), 1 on context tokens and on real tokens."""
-    import torch
-
     allowed = (token_type_ids.bool() & attention_mask.bool()).clone()  # context tokens and the final [SEP]
     allowed[torch.arange(len(allowed)), attention_mask.sum(1) - 1] = False  # not the final [SEP]
     allowed[:, 0] = True  # [CLS]
