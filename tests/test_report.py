@@ -148,3 +148,5 @@ def test_the_reading_names_only_rows_whose_interval_excludes_zero():
     assert "excludes 0): kd (+2.1 points, p 0.012)." in text and "For at the interval contains 0" in text
     assert reading({"teacher": {}, "ce": {}}) == ""
     assert "excludes 0): none." in reading({"at": summary["at"]})
+    worse = {"kd_at": {"vs_ce": {"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01, "p_value": 0.004}}}
+    assert "excludes 0): kd_at (-3.0 points, p 0.004)." in reading(worse)  # an interval below 0 counts too
