@@ -51,7 +51,10 @@ def main() -> None:
     expect = StoreInputs(meta.splits["train"].inputs_sha256, inputs["teacher_sha256"], len(train))
     run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
                    None if online else SignalStore(args.signal_store), expect)
-    del teacher  # in store mode only its weights for initialisation were needed
+    if run.live:  # tensors the store left out (over extract.max_gb): the teacher computes them on every batch
+        run.teacher.to(compute.device)
+        print(f"distill {name}: {run.live} from the teacher on every batch (over the store's extract.max_gb)")
+    del teacher  # in store mode only its weights for initialisation were needed, unless run.live
 
     ckpt = Checkpoints.beside(args.out, run.record | inputs, params.distill.checkpoint_every)
     resume = ckpt.load()

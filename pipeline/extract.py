@@ -34,18 +34,21 @@ def main() -> None:
     task = get_task(params.task)
     model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
-    wanted = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
+    planned = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
+    max_bytes = int(params.extract.max_gb * 2**30)
+    wanted, online = signals.within_budget(train.lengths, planned, model.config.num_attention_heads, model.config.hidden_size, params.extract.dtype, max_bytes)
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
         "inputs_sha256": meta.splits["train"].inputs_sha256,
         "max_length": meta.max_length,
         "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
-    }
+    } | ({"online": online, "max_bytes": max_bytes} if online else {})
     with atomic_dir(args.out) as tmp:
         manifest = signals.extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, compute, task)
     size = sum(f.bytes for f in manifest.files.values())
-    print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}")
+    left = f"; over extract.max_gb {params.extract.max_gb:g}, left to distill (online): {online}" if online else ""
+    print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}{left}")
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main() -> None:
         meta, report = get_task(params.task).prepare(params, REPO, tmp)
         atomic_write_json(args.report, report)
     sizes = ", ".join(f"{k}: {v.examples}" for k, v in meta.splits.items())
-    print(f"prepared {sizes} ({len(meta.label_names)} classes, {report['task']}) -> {args.out}; data report -> {args.report}")
+    classes = f"{len(meta.label_names)} classes, " if meta.label_names else ""
+    print(f"prepared {sizes} ({classes}{report['task']}) -> {args.out}; data report -> {args.report}")
 
 
 if __name__ == "__main__":

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from attnkd import figures
-from attnkd.artifacts import PreparedMeta
+from attnkd.artifacts import PreparedMeta, SignalManifest
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_write_files, atomic_write_json, atomic_write_text, read_json
 from attnkd.params import load_params
 from attnkd.reporting import BASELINE, headline, report_document, summarize
 from attnkd.stage import group_label, model_groups, parser
+from attnkd.tasks import get_task
 from attnkd.tracking import log_summary_run
 
 
@@ -34,7 +34,7 @@ def read_frame(path: Path, **kwargs) -> pd.DataFrame:
 
 def main() -> None:
     p = parser(__doc__, metrics_dir="evaluate's metrics", predictions_dir="evaluate's predictions", curves_dir="training curves",
-               prepared="prepared data dir (meta.json)", data_report="prepare's data report (JSON)", attention="evaluate's attention heatmap data (JSON)",
+               prepared="prepared data dir (meta.json)", data_report="prepare's data report (JSON)", store="the signal store's manifest.json", attention="evaluate's attention heatmap data (JSON)",
                out="report markdown; report.html and figures/ go beside it", summary="summary JSON (every figure per method)", headline="headline metrics JSON (DVC metrics)", points="accuracy-latency points CSV (DVC plot)")
     args = p.parse_args()
     params = load_params(args.params)
@@ -42,30 +42,32 @@ def main() -> None:
     groups = model_groups(students, ["teacher", *methods], params.student_seeds)
     rows = [g for g in groups if g != "teacher"]  # a method, or "<student> <method>" with several students
     names = [n for models in groups.values() for n in models]
+    task = get_task(params.task)
+    main, label = task.select_by, task.quality[task.select_by]
     results = {n: read_json(args.metrics_dir / f"{n}.json") for n in names}
-    correct = {}
-    for n in names:
-        pred = read_frame(args.predictions_dir / f"{n}.csv", usecols=["actual", "predicted"])
-        correct[n] = (pred["actual"] == pred["predicted"]).to_numpy(dtype=np.int8)
-    summary = summarize(results, correct, groups, params.report.bootstrap_samples,
-                        {group_label(students, s, m): group_label(students, s, BASELINE) for s in students for m in methods})
+    predictions = {n: read_frame(args.predictions_dir / f"{n}.csv", keep_default_na=False) for n in names}
+    scores = {n: task.per_example(frame) for n, frame in predictions.items()}  # (N,) per test example, its mean is `main`
+    summary = summarize(results, scores, groups, params.report.bootstrap_samples,
+                        {group_label(students, s, m): group_label(students, s, BASELINE) for s in students for m in methods}, tuple(task.quality), main)
 
     curves = {m: [read_frame(args.curves_dir / f"{n}.tsv", sep="\t") for n in models] for m, models in groups.items()}
-    points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], "accuracy": results[n]["accuracy"]}
+    points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], main: results[n][main]}
                            for m, models in groups.items() for n in models])
-    images = {"curves.png": figures.training_curves(curves, rows), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows)}
+    images = {"curves.png": figures.training_curves(curves, rows, main, label), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows, main, label)}
     order = ["teacher", *rows]  # the JSON's keys are sorted; the figures show the teacher first, then the rows in order
     heatmaps = figures.attention_figures([h | {"maps": {m: h["maps"][m] for m in order if m in h["maps"]}} for h in read_json(args.attention)])
     images |= heatmaps
-    doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report))
+    examples = task.examples({m: predictions[models[0]] for m, models in groups.items()}, 5)
+    doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report), task, examples,
+                          SignalManifest.read(args.store.parent))
 
     atomic_write_files(args.out.parent / "figures", images)
     atomic_write_text(args.points, points.to_csv(index=False))
     atomic_write_text(args.out.with_suffix(".html"), doc.to_html())
     atomic_write_text(args.out, doc.markdown())
     atomic_write_json(args.summary, summary)
-    atomic_write_json(args.headline, headline(summary))
-    log_summary_run(params, summary, [args.out, args.out.with_suffix(".html"), args.summary, args.headline, args.points], args.out.parent / "figures")
+    atomic_write_json(args.headline, headline(summary, task.headline))
+    log_summary_run(params, summary, [args.out, args.out.with_suffix(".html"), args.summary, args.headline, args.points], args.out.parent / "figures", main)
     print(f"report: {len(names)} models, {len(students)} student(s) x {len(methods)} methods x {len(params.student_seeds)} seeds -> {args.out}, {args.out.with_suffix('.html')}")
 
 

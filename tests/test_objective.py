@@ -181,3 +181,37 @@ def test_online_mode_gives_the_store_losses_for_a_combined_method(setup):
         assert s_terms[k].item() == pytest.approx(o_terms[k].item(), rel=1e-3), k
         assert s_terms[k].item() > 1e-3, k  # far from 0: the tolerance above is a real one
     assert s_total.item() == pytest.approx(o_total.item(), rel=1e-3)
+
+
+def test_a_store_over_its_budget_leaves_the_rest_to_the_teacher_with_the_same_loss(setup, tmp_path):
+    from attnkd.distillation import DistillRun
+    from attnkd.signals import offsets, split_wanted, within_budget
+    from attnkd.tasks import get_task
+
+    split, teacher, full = setup
+    planned = {"attn": [1, 2], "hidden": [1, 2]}
+    one_layer = int(offsets(split.lengths, "attn", 4, 32)[-1]) * 2  # fp16 bytes of one layer's maps
+    stored, online = within_budget(split.lengths, planned, 4, 32, "float16", one_layer)
+    assert stored == {"attn": [1]} and online == {"attn": [2], "hidden": [1, 2]}
+    out = tmp_path / "store"
+    out.mkdir()
+    extract(teacher, split, stored, "float16", 2, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y", "online": online, "max_bytes": one_layer})
+    store = SignalStore(out)
+    store.require({"attn": [2], "hidden": [1]}, "x", "y")  # left to the teacher: fine
+    with pytest.raises(UserError, match="'q' of teacher layers \\[2\\] is not stored"):
+        store.require({"q": [2]}, "x", "y")
+
+    weights = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
+    sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=32, init="random")
+    student = build_student(teacher, sp, PAIRS, seed=0).eval()
+    objective = Objective(weights, PAIRS, DistillParams(), sp, 32, 4)
+    wanted = wanted_tensors([weights], PAIRS, "probs")  # attn of layer 2: over the budget
+    live = split_wanted(wanted, store.manifest.online)[1]
+    assert live == {"attn": [2]}
+    run = DistillRun(get_task("classification"), student, objective, store, wanted, PAIRS, None, {}, live, teacher)
+    idx = np.array([0, 1, 2, 3])
+    b = collate(split, idx, 0)
+    total, terms = run.step_loss(student, b, idx)
+    ref_total, ref_terms = objective(student, b, *full.batch(idx, b["input_ids"].shape[1], wanted))  # the whole store
+    assert terms["attn_kl"].item() == pytest.approx(ref_terms["attn_kl"].item(), rel=1e-3) and terms["attn_kl"].item() > 1e-3
+    assert total.item() == pytest.approx(ref_total.item(), rel=1e-3)

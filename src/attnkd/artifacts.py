@@ -114,3 +114,5 @@ class SignalManifest(Artifact):
     inputs_sha256: str | None = None
     max_length: int | None = None
     teacher_precision: str | None = None
+    online: dict[str, list[int]] | None = None  # planned tensors over the size budget: distill runs the teacher for them
+    max_bytes: int | None = None  # the size budget of the layer tensors, when some were left to distill

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 from sklearn.model_selection import train_test_split
 
@@ -21,6 +22,7 @@ from attnkd.errors import UserError
 from attnkd.artifacts import PreparedMeta, verify_files
 
 SPLITS = ("train", "validation", "test")
+STANDARD_COLUMNS = ("text", "text_pair", "label", "input_ids", "token_type_ids")  # every task's; a task may add its own
 INTEGER = re.compile(r"^-?\d+$")
 
 
@@ -138,6 +140,7 @@ class Split:
     input_ids: list  # per example, token ids (a list or an int32 array)
     labels: np.ndarray  # the task's targets, int64: (N,) class ids, or (N, k) such as a span's [start, end]
     type_ids: list | None = None  # per example, segment ids; None: all tokens in segment 0
+    extra: dict | None = None  # column -> (N,) values: a task's per-feature columns beyond the standard ones, and then text, text_pair
 
     @property
     def lengths(self) -> np.ndarray:
@@ -173,14 +176,16 @@ def load_split(prepared: Path, split: str) -> Split:
         raise UserError(f"{Path(prepared) / 'meta.json'}: no sha256 for split {split!r}; re-run `dvc repro prepare`")
     verify_files(prepared, {path.name: meta.splits[split].sha256}, "meta.json", "re-run `dvc repro prepare`")
     try:
-        df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids"])
+        extras = [c for c in pq.read_schema(path).names if c not in STANDARD_COLUMNS]
+        df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids", *(["text", "text_pair", *extras] if extras else [])])
     except Exception as err:  # pyarrow raises many types for corrupt files
         raise UserError(f"{path}: cannot read prepared split ({type(err).__name__}: {err})") from None
     # int32 arrays (views of the Parquet buffers), not lists of Python ints: 10x less memory
     ids = [np.asarray(x, dtype=np.int32) for x in df["input_ids"]]
     types = [np.asarray(x, dtype=np.int32) for x in df["token_type_ids"]]
     labels = df["label"].to_numpy(dtype=np.int64) if df["label"].dtype != object else np.stack(df["label"].to_numpy()).astype(np.int64)
-    return Split(ids, labels, types if any(t.any() for t in types) else None)
+    extra = {c: df[c].to_numpy() for c in ["text", "text_pair", *extras]} if extras else None
+    return Split(ids, labels, types if any(t.any() for t in types) else None, extra)
 
 
 def load_meta(prepared: Path) -> PreparedMeta:

@@ -9,7 +9,7 @@ the signal store, or from the teacher run on every batch (`online`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,7 +19,7 @@ from attnkd.losses import resolve_layer_map
 from attnkd.models import build_student
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.params import Params
-from attnkd.signals import SignalStore, teacher_batch
+from attnkd.signals import SignalStore, online_batch, split_wanted, teacher_batch
 from attnkd.tasks import Task, get_task
 from attnkd.train import Budget, budget_of
 
@@ -43,10 +43,16 @@ class DistillRun:
     pairs: list[tuple[int, int]]  # (teacher layer, student layer), 1-based
     budget: Budget
     record: dict  # what built the student: written to its attnkd.json and the checkpoint key
+    live: dict[str, list[int]] = field(default_factory=dict)  # of `wanted`, what the store left to the teacher (over its size budget)
+    teacher: torch.nn.Module | None = None  # run on every batch for `live`
 
     def step_loss(self, model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The teacher's signals for the batch (store or online), then the method's objective."""
-        outputs_t, tensors_t = teacher_batch(self.source, idx, batch, self.wanted, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
+        """The teacher's signals for the batch (store or online; a store's over-budget tensors
+        from the teacher now), then the method's objective."""
+        stored = split_wanted(self.wanted, self.live)[0]
+        outputs_t, tensors_t = teacher_batch(self.source, idx, batch, stored, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
+        if self.live:
+            tensors_t |= online_batch(self.teacher, batch, self.live, self.task)[1]
         return self.objective(model, batch, outputs_t, tensors_t)
 
 
@@ -71,4 +77,6 @@ def assemble(params: Params, student: str, method: str, seed: int, teacher: torc
     objective = Objective(weights, pairs, dp, sp, cfg.hidden_size, cfg.num_attention_heads, task)  # after the student: its projections draw next
     record = {"seed": seed, "student": student, "method": method, "weights": weights, "architecture": sp.model_dump(),
               "distill": dp.model_dump(), "layer_pairs": pairs}
-    return DistillRun(task, model, objective, store if store is not None else teacher.eval(), wanted, pairs, budget_of(dp, seed), record)
+    live = split_wanted(wanted, store.manifest.online)[1] if store is not None else {}
+    return DistillRun(task, model, objective, store if store is not None else teacher.eval(), wanted, pairs, budget_of(dp, seed), record,
+                      live, teacher.eval() if live else None)

@@ -31,19 +31,19 @@ def png(fig) -> bytes:
     return buf.getvalue()
 
 
-def training_curves(curves: dict[str, list[pd.DataFrame]], methods: list[str]) -> bytes:
-    """Validation accuracy and training loss per epoch: the teacher, and per method the mean over
+def training_curves(curves: dict[str, list[pd.DataFrame]], methods: list[str], metric: str = "accuracy", label: str = "accuracy") -> bytes:
+    """Validation `metric` and training loss per epoch: the teacher, and per method the mean over
     seeds (line) with the range of the seeds (band)."""
     col = colours(methods)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name, frames in curves.items():
-        for ax, column in zip(axes, ("val_accuracy", "train_loss")):
+        for ax, column in zip(axes, (f"val_{metric}", "train_loss")):
             stacked = np.stack([f[column].to_numpy() for f in frames])  # (seeds, epochs)
             epochs = frames[0]["epoch"].to_numpy()
             ax.plot(epochs, stacked.mean(0), marker="o", ms=3, color=col[name], label=name, lw=2 if name == "teacher" else 1.5)
             if len(frames) > 1:
                 ax.fill_between(epochs, stacked.min(0), stacked.max(0), color=col[name], alpha=0.15, lw=0)
-    axes[0].set(title="Validation accuracy", xlabel="epoch", ylabel="accuracy")
+    axes[0].set(title=f"Validation {label}", xlabel="epoch", ylabel=label)
     axes[1].set(title="Training loss (weighted sum of the method's terms)", xlabel="epoch", ylabel="loss", yscale="log")
     for ax in axes:
         ax.grid(alpha=0.3)
@@ -52,19 +52,19 @@ def training_curves(curves: dict[str, list[pd.DataFrame]], methods: list[str]) -
     return png(fig)
 
 
-def accuracy_vs_latency(points: pd.DataFrame, methods: list[str]) -> bytes:
-    """Every model: test accuracy against batch-1 latency; a small dot per seed, a large marker
-    with standard-deviation bars per method. `points`: model, method, latency_ms, accuracy."""
+def accuracy_vs_latency(points: pd.DataFrame, methods: list[str], metric: str = "accuracy", label: str = "accuracy") -> bytes:
+    """Every model: test `metric` against batch-1 latency; a small dot per seed, a large marker
+    with standard-deviation bars per method. `points`: model, method, latency_ms, `metric`."""
     col = colours(methods)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, group in points.groupby("method", sort=False):
-        x, y = group["latency_ms"], group["accuracy"]
+        x, y = group["latency_ms"], group[metric]
         ax.scatter(x, y, s=14, color=col[name], alpha=0.5)
         err = (x.std(ddof=1), y.std(ddof=1)) if len(group) > 1 else (None, None)
         ax.errorbar(x.mean(), y.mean(), xerr=err[0], yerr=err[1], fmt="*" if name == "teacher" else "o", ms=11 if name == "teacher" else 8,
                     color=col[name], capsize=3, label=f"{name} ({len(group)} seed{'s' if len(group) > 1 else ''})")
         ax.annotate(name, (x.mean(), y.mean()), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    ax.set(xlabel="batch-1 CPU latency, one thread (ms)", ylabel="test accuracy", title="Accuracy versus latency")
+    ax.set(xlabel="batch-1 CPU latency, one thread (ms)", ylabel=f"test {label}", title=f"{label[0].upper()}{label[1:]} versus latency")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     return png(fig)

@@ -65,6 +65,14 @@ class DataParams(Section):
     # strict: fail naming the file and line. (BBC News ships one Windows-1252 file.)
     decode: Literal["utf8_or_cp1252", "strict"] = "utf8_or_cp1252"
     limit_per_class: Annotated[int, Field(ge=0)] = 0  # 0 = all; >0 keeps the first N training examples per class
+    # task squad (extractive QA): windows of max_length tokens over question + context, overlapping
+    # by doc_stride context tokens; test and validation are whole articles drawn from the
+    # splits.test file (the official dev set) until they hold this many questions; the rest of its
+    # articles join splits.train's. train_questions > 0 keeps N training questions drawn with the seed.
+    doc_stride: PosInt = 128
+    test_questions: PosInt = 2500
+    validation_questions: PosInt = 500
+    train_questions: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
@@ -101,6 +109,9 @@ class TeacherParams(TrainingParams):
 class ExtractParams(Section):
     dtype: Literal["float16", "bfloat16", "float32"] = "float16"
     batch_size: PosInt = 64
+    # the most the layer tensors may take on disk; planned tensors past it (in plan order) are not
+    # stored, and distill computes them from the teacher on every batch instead
+    max_gb: PosFloat = 8.0
 
 
 class StudentParams(Section):

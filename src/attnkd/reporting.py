@@ -18,6 +18,8 @@ from attnkd.stats import mean_std, paired_bootstrap
 
 BASELINE = "ce"
 TEST_NAME = "two-level paired bootstrap (seeds and test examples resampled together)"
+LABELS = {"accuracy": "accuracy", "f1_macro": "F1 macro", "roc_auc": "ROC-AUC", "ece": "ECE"}  # classification's quality columns
+CLASSIFICATION = tuple(LABELS)
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -34,27 +36,28 @@ def _stat(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int,
-              baselines: dict[str, str] | None = None) -> dict[str, dict]:
-    """Per method (and the teacher): mean and std over seeds of the quality, efficiency and
-    agreement figures, and against the ce student (when evaluated with 2+ seeds) the paired
-    bootstrap of the accuracy difference. `groups`: row (method) -> its model names, seed order
-    equal across rows; `baselines`: row -> the row it is compared with (default "ce");
-    `correct[model]`: (N,) 0/1 per test example."""
+              baselines: dict[str, str] | None = None, quality: tuple[str, ...] = CLASSIFICATION, main: str = "accuracy") -> dict[str, dict]:
+    """Per method (and the teacher): mean and std over seeds of the quality (the task's `quality`
+    metrics), efficiency and agreement figures, and against the ce student (when evaluated with 2+
+    seeds) the paired bootstrap of the difference in `main`. `groups`: row (method) -> its model
+    names, seed order equal across rows; `baselines`: row -> the row it is compared with (default
+    "ce"); `correct[model]`: (N,) the per-example score whose mean is `main` (0/1 for accuracy)."""
     teacher = results["teacher"]
     out = {}
     for method, models in groups.items():
         rows = [results[m] for m in models]
         s = {"seeds": len(rows)}
-        for key in ("accuracy", "f1_macro", "roc_auc", "ece", "latency_ms", "throughput_eps", "attention_js_mean"):
+        for key in (*quality, "latency_ms", "throughput_eps", "attention_js_mean"):
             if key in rows[0]:
                 s[key] = _stat([r[key] for r in rows])
         s["params"] = rows[0]["params"]
         s["size_mb"] = rows[0]["size_mb"]
         s["speed_up"] = round(teacher["latency_ms"] / s["latency_ms"]["mean"], 4)
-        s["accuracy_kept_pct"] = round(100.0 * s["accuracy"]["mean"] / teacher["accuracy"], 4)
+        s[f"{main}_kept_pct"] = round(100.0 * s[main]["mean"] / teacher[main], 4)
         if "attention_js" in rows[0]:
             s["attention_js"] = {k: _stat([r["attention_js"][k] for r in rows]) for k in rows[0]["attention_js"]}
-        s["per_class_f1"] = {c: round(float(np.mean([r["per_class"][c]["f1"] for r in rows])), 6) for c in rows[0]["per_class"]}
+        if "per_class" in rows[0]:
+            s["per_class_f1"] = {c: round(float(np.mean([r["per_class"][c]["f1"] for r in rows])), 6) for c in rows[0]["per_class"]}
         base = (baselines or {}).get(method, BASELINE)
         if method not in ("teacher", base) and base in groups and len(models) > 1:
             test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[base]]), samples)
@@ -63,13 +66,14 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
     return out
 
 
-def headline(summary: dict[str, dict]) -> dict[str, dict[str, float]]:
+def headline(summary: dict[str, dict], keys: dict[str, str] | None = None) -> dict[str, dict[str, float]]:
     """The DVC metrics of a run (reports/headline.json), few enough for `dvc exp show` to print in
-    one screen: per row the mean test accuracy over seeds, and against ce the difference in
-    points and the p-value (summary.json and reports/metrics/ keep the detail)."""
+    one screen: per row the mean over seeds of the task's headline metrics (`keys`: short name ->
+    metric; classification: acc), and against ce the difference in points and the p-value
+    (summary.json and reports/metrics/ keep the detail)."""
     out = {}
     for row, s in summary.items():
-        out[row] = {"acc": round(s["accuracy"]["mean"], 4)}
+        out[row] = {short: round(s[key]["mean"], 4) for short, key in (keys or {"acc": "accuracy"}).items()}
         if "vs_ce" in s:
             out[row] |= {"delta": round(100 * s["vs_ce"]["delta"], 2), "p": round(s["vs_ce"]["p_value"], 3)}
     return out
@@ -86,19 +90,18 @@ def pm(stat: dict | None, digits: int, scale: float = 1.0) -> str:
     return mean if stat["std"] is None else f"{mean} ± {stat['std'] * scale:.{digits}f}"
 
 
-def quality_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
+def quality_table(summary: dict[str, dict], digits: int, labels: dict[str, str] | None = None, main: str = "accuracy", short: str = "acc") -> pd.DataFrame:
+    """A row per model: the quality metrics (`labels`: metric -> column), the share of the
+    teacher's `main` kept, and Δ `main` vs ce with its interval and p."""
     rows = []
     for name, s in summary.items():
         vs = s.get("vs_ce")
         rows.append({
             "model": name,
             "seeds": s["seeds"],
-            "accuracy": pm(s["accuracy"], digits),
-            "F1 macro": pm(s["f1_macro"], digits),
-            "ROC-AUC": pm(s["roc_auc"], digits),
-            "ECE": pm(s["ece"], digits),
-            "acc kept %": f"{s['accuracy_kept_pct']:.1f}",
-            "Δ acc vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
+            **{label: pm(s[key], digits) for key, label in (labels or LABELS).items()},
+            f"{short} kept %": f"{s[f'{main}_kept_pct']:.1f}",
+            f"Δ {short} vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
             "p vs ce": f"{vs['p_value']:.3g}" if vs else "-",
         })
     return pd.DataFrame(rows)
@@ -130,10 +133,10 @@ def per_class_table(summary: dict[str, dict], digits: int) -> pd.DataFrame:
     return pd.DataFrame({"model": name, **{c: f"{f1:.{digits}f}" for c, f1 in s["per_class_f1"].items()}} for name, s in summary.items())
 
 
-def seed_table(results: dict[str, dict], groups: dict[str, list[str]], digits: int) -> pd.DataFrame:
+def seed_table(results: dict[str, dict], groups: dict[str, list[str]], digits: int, main: str = "accuracy") -> pd.DataFrame:
     rows = []
     for method, models in groups.items():
-        rows.append({"model": method, **{f"seed {results[m]['seed']}": f"{results[m]['accuracy']:.{digits}f}" for m in models}})
+        rows.append({"model": method, **{f"seed {results[m]['seed']}": f"{results[m][main]:.{digits}f}" for m in models}})
     return pd.DataFrame(rows).fillna("-")
 
 
@@ -206,7 +209,8 @@ class Document:
         self.html.append("<ul>" + "".join(f"<li>{_inline_html(i)}</li>" for i in items) + "</ul>")
 
     def table(self, frame: pd.DataFrame) -> None:
-        self.md += [frame.to_markdown(index=False, disable_numparse=True), ""]
+        escaped = frame.map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)  # a | in a cell would end it in Markdown
+        self.md += [escaped.to_markdown(index=False, disable_numparse=True), ""]
         self.html.append(frame.to_html(index=False, border=0, escape=True))
 
     def figure(self, name: str, image: bytes, caption: str) -> None:
@@ -242,21 +246,39 @@ def reading(summary: dict[str, dict]) -> str:
     return text
 
 
+def store_line(manifest) -> str:
+    """Where the students' teacher signals came from: the store (what, how big) or the teacher run
+    in distill for the tensors over the store's budget."""
+    layers = sum(f.bytes for n, f in manifest.files.items() if "_layer" in n)
+    stored = ", ".join(f"{k} of layers {ls}" for k, ls in manifest.tensors.items()) or "no layer tensors"
+    text = (f"teacher signals: from the signal store, {manifest.num_examples} training examples: the teacher's outputs and {stored} "
+            f"({layers / 2**20:.1f} MiB in {manifest.dtype})")
+    if manifest.online:
+        text += (f"; over the store budget ({manifest.max_bytes / 2**30:g} GiB), computed by the teacher on every distill batch: "
+                 + ", ".join(f"{k} of layers {ls}" for k, ls in manifest.online.items()))
+    return text
+
+
 def report_document(params, summary: dict, results: dict, groups: dict[str, list[str]], images: dict[str, bytes], heatmaps: dict[str, bytes],
-                    meta: dict, data_report: dict) -> Document:
+                    meta: dict, data_report: dict, task, examples: pd.DataFrame | None = None, store=None) -> Document:
     """The whole report: quality, efficiency, attention agreement and heatmaps, per class, per
-    seed, curves, data and setup. `images`: the figures by file name; `heatmaps`: those of them
-    that are attention heatmaps (`attention_<example>.png`)."""
+    seed, curves, data and setup, in the task's metrics (`task.quality`, its main metric
+    `task.select_by`). `images`: the figures by file name; `heatmaps`: those of them that are
+    attention heatmaps (`attention_<example>.png`); `examples`: a table of test examples with each
+    model's prediction, when the task makes one."""
     rp, digits = params.report, params.report.digits
+    main, label = task.select_by, task.quality[task.select_by]
     students = params.distill.students
     methods = list(params.methods)
     doc = Document(rp.title)
     one_seed = len(params.student_seeds) == 1
     doc.heading("Quality on the test split")
-    doc.table(quality_table(summary, digits))
+    doc.table(quality_table(summary, digits, task.quality, main, task.short))
     doc.para(
         f"Mean ± standard deviation over {len(params.student_seeds)} student seed(s) ({', '.join(map(str, params.student_seeds))}); "
-        f"the teacher is one model (seed {params.seed}). ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. "
+        f"the teacher is one model (seed {params.seed}). "
+        + (f"ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. " if "ece" in task.quality else "")
+        + ("EM and F1: the official SQuAD v1.1 exact match and token F1 (fractions), the best over a question's gold answers. " if "exact_match" in task.quality else "")
         + ("One seed per method: the report cannot judge significance (seed-to-seed variation is unknown); list 3 or more `student_seeds`."
            if one_seed else
            f"Δ and p against the `{BASELINE}` student (the same student architecture trained with `{BASELINE}` alone): {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "
@@ -268,7 +290,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
              f"latency is the median batch-1 forward time over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
              f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
              f"in batches of {params.evaluate.batch_size}. Speed-up: teacher latency / model latency.")
-    doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], "Accuracy versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
+    doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], f"{label[0].upper()}{label[1:]} versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
     agreement = agreement_table(summary, digits)
     if len(agreement):
         doc.heading("Attention agreement with the teacher")
@@ -280,25 +302,32 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {name.split('_')[1].split('.')[0]} "
                    f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair; one colour scale "
                    f"per figure, proportional to the square root of the attention weight (so weak links stay visible beside [CLS] and [SEP]).")
-    doc.heading("Per class (F1, mean over seeds)")
-    doc.table(per_class_table(summary, digits))
-    doc.heading("Accuracy per seed")
-    doc.table(seed_table(results, groups, digits))
+    if examples is not None and len(examples):
+        doc.heading("Example predictions")
+        doc.table(examples)
+        doc.para("The first test examples: the gold answers and each model's answer (the first-seed student of each row).")
+    if "per_class_f1" in next(iter(summary.values())):
+        doc.heading("Per class (F1, mean over seeds)")
+        doc.table(per_class_table(summary, digits))
+    doc.heading(f"{label[0].upper()}{label[1:]} per seed")
+    doc.table(seed_table(results, groups, digits, main))
     doc.heading("Training curves")
-    doc.figure("figures/curves.png", images["curves.png"], "Validation accuracy and training loss per epoch: the mean over seeds, and the seeds' range as a band.")
+    doc.figure("figures/curves.png", images["curves.png"], f"Validation {label} and training loss per epoch: the mean over seeds, and the seeds' range as a band.")
     doc.heading("Data")
-    doc.table(data_table(data_report))
-    doc.para(data_note(data_report))
+    table, note = task.data_table(data_report)
+    doc.table(table)
+    doc.para(note)
     splits = ", ".join(f"{k} {v.examples}" for k, v in meta.splits.items())
     doc.heading("Setup")
     doc.bullets([
-        f"data: {meta.source}, {len(meta.label_names)} classes ({', '.join(meta.label_names)}); "
-        f"splits: {splits}; max length {meta.max_length} tokens",
+        f"data: {meta.source}, " + (f"{len(meta.label_names)} classes ({', '.join(meta.label_names)}); " if meta.label_names else f"task {params.task}; ")
+        + f"splits: {splits}; max length {meta.max_length} tokens",
         *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
           f"init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained") for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
+        *([store_line(store)] if store is not None else []),
         *(f"`{m}`: " + ", ".join(f"{k} {v:g}" for k, v in params.methods[m].weights().items()) for m in methods),
     ])
 

@@ -125,6 +125,33 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     return manifest
 
 
+def within_budget(lengths: np.ndarray, wanted: dict[str, list[int]], heads: int, width: int, dtype: str, max_bytes: int
+                  ) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """Split the planned tensors into those stored (in plan order, kind by kind and layer by
+    layer, while their bytes fit `max_bytes`) and those left to compute online."""
+    itemsize = np.dtype(NP_DTYPES[dtype]).itemsize
+    stored: dict[str, list[int]] = {}
+    online: dict[str, list[int]] = {}
+    total = 0
+    for kind, layers in wanted.items():
+        size = int(offsets(lengths, kind, heads, width)[-1]) * itemsize
+        for l in layers:
+            if total + size <= max_bytes:
+                stored.setdefault(kind, []).append(l)
+                total += size
+            else:
+                online.setdefault(kind, []).append(l)
+    return stored, online
+
+
+def split_wanted(wanted: dict[str, list[int]], online: dict[str, list[int]] | None) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """(from the store, from the teacher now) of what a method reads, given the store's online part."""
+    online = online or {}
+    stored = {k: [l for l in ls if l not in online.get(k, [])] for k, ls in wanted.items()}
+    live = {k: [l for l in ls if l in online.get(k, [])] for k, ls in wanted.items()}
+    return {k: v for k, v in stored.items() if v}, {k: v for k, v in live.items() if v}
+
+
 def hooked_layers(wanted: dict[str, list[int]]) -> list[int]:
     """Layers whose Q/K/V projections must be captured: only those of kinds that need them."""
     return sorted({l for k, ls in wanted.items() if k in ("q", "k", "v", "scores") for l in ls})
@@ -160,7 +187,7 @@ class SignalStore:
         """Refuse a store that lacks a tensor the losses need or came from other inputs or teacher."""
         where = self.root / "manifest.json"
         for kind, layers in wanted.items():
-            missing = sorted(set(layers) - set(self.tensors.get(kind, [])))
+            missing = sorted(set(layers) - set(self.tensors.get(kind, [])) - set((self.manifest.online or {}).get(kind, [])))
             if missing:
                 raise UserError(
                     f"{where}: {kind!r} of teacher layers {missing} is not stored (has {self.tensors}); "

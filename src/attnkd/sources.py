@@ -232,9 +232,9 @@ def hub_unreachable(timeout: float = 5.0) -> str:
         return f"{url.hostname}:{port}: {err.strerror or err}"
 
 
-def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> dict[str, RawSplit]:
-    """A Hugging Face `datasets` data set: a hub name (needs the network, or the local datasets
-    cache in offline mode) or a local folder `load_dataset` understands."""
+def load_hub(name: str, config: str):
+    """A Hugging Face `datasets` DatasetDict: a hub name (needs the network, or the local datasets
+    cache in offline mode) or a local folder `load_dataset` understands. Offline: one line saying so."""
     import datasets
 
     if not datasets.config.HF_HUB_OFFLINE and not Path(name).is_dir():  # a local dir loads offline
@@ -245,12 +245,19 @@ def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> d
                 "data.source: files, data.dir and data.splits (docs/data.md), or set HF_HUB_OFFLINE=1 to use the local datasets cache"
             )
     try:
-        loaded = datasets.load_dataset(name, config or None)
+        return datasets.load_dataset(name, config or None)
     except Exception as err:  # offline: ConnectionError, OSError, or the hub client's own types
         raise UserError(
             f"data.hub_name {name!r}: cannot load it from the Hugging Face hub ({type(err).__name__}); "
             "offline the hub cannot be reached: download the files and set data.source: files, data.dir and data.splits (docs/data.md)"
         ) from None
+
+
+def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> dict[str, RawSplit]:
+    """The splits of a Hugging Face `datasets` data set (`load_hub`) as raw rows."""
+    import datasets
+
+    loaded = load_hub(name, config)
     out = {}
     for split, hub_split in splits.items():
         if not hub_split:

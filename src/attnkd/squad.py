@@ -96,7 +96,11 @@ def read_squad(path: Path, require_answers: bool = True) -> list[Question]:
     `require_answers` (a training split), a question without answers.
     """
     path = Path(path)
-    doc = _load_json(path)
+    return parse_squad(_load_json(path), str(path), require_answers)
+
+
+def parse_squad(doc, path: str, require_answers: bool = True) -> list[Question]:
+    """`read_squad` on a SQuAD-format document already in memory; `path` names it in errors."""
     if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
         raise UserError(f"{path}: not SQuAD JSON (no top-level 'data' list)")
     rows, seen = [], set()
@@ -146,6 +150,7 @@ class Window:
     offsets: list[tuple[int, int] | None]  # per token: (start, end) characters into the context, None outside the context
     start: int  # answer start token, 0 ([CLS]) when the answer is not inside the window
     end: int
+    type_ids: list[int] = field(default_factory=list)  # per token: 0 question part, 1 context part
 
 
 def windows(tokenizer, rows: list[Question], max_length: int, stride: int) -> list[Window]:
@@ -167,7 +172,7 @@ def windows(tokenizer, rows: list[Question], max_length: int, stride: int) -> li
                 if offsets[inside[0]][0] <= a0 and a1 <= offsets[inside[-1]][1]:
                     start = next(i for i in inside if offsets[i][1] > a0)
                     end = next(i for i in reversed(inside) if offsets[i][0] < a1)
-            out.append(Window(q, enc["input_ids"][w], offsets, start, end))
+            out.append(Window(q, enc["input_ids"][w], offsets, start, end, enc["token_type_ids"][w]))
     return out
 
 
@@ -194,6 +199,17 @@ def best_answer(context: str, spans: list[tuple[np.ndarray, np.ndarray, list]], 
 
 
 # ---------------------------------------------------------------------------- splits and span rows
+
+
+def hub_document(rows: list[dict]) -> dict:
+    """Rows of the hub's `squad` (id, title, context, question, answers {text: [...],
+    answer_start: [...]}) as a SQuAD-format document, one paragraph per distinct context, so that
+    `parse_squad` checks them as it checks a file."""
+    articles: dict[str, dict[str, list]] = {}
+    for r in rows:
+        answers = [{"text": t, "answer_start": s} for t, s in zip(r["answers"]["text"], r["answers"]["answer_start"])]
+        articles.setdefault(r["title"], {}).setdefault(r["context"], []).append({"id": r["id"], "question": r["question"], "answers": answers})
+    return {"data": [{"title": t, "paragraphs": [{"context": c, "qas": qas} for c, qas in ps.items()]} for t, ps in articles.items()]}
 
 
 def split_by_article(dev: list[Question], train: list[Question], test_questions: int, validation_questions: int,

@@ -140,7 +140,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def log_summary_run(params, summary: dict, files: list[Path], figures_dir: Path) -> None:
+def log_summary_run(params, summary: dict, files: list[Path], figures_dir: Path, metric: str = "accuracy") -> None:
     """A summary run in MLflow: per-method means as metrics, the report and its figures as artifacts."""
     record = {"seed": params.seed, "student_seeds": params.student_seeds, "students": {n: params.students[n].model_dump() for n in params.distill.students},
               "methods": {m: w.weights() for m, w in params.methods.items()}}
@@ -148,7 +148,7 @@ def log_summary_run(params, summary: dict, files: list[Path], figures_dir: Path)
         metrics = {}
         for row, s in summary.items():
             key = row.replace(" ", "/")
-            metrics |= {f"{key}/accuracy_mean": s["accuracy"]["mean"], f"{key}/speed_up": s["speed_up"]}
+            metrics |= {f"{key}/{metric}_mean": s[metric]["mean"], f"{key}/speed_up": s["speed_up"]}
             if "vs_ce" in s:
                 metrics[f"{key}/p_vs_ce"] = s["vs_ce"]["p_value"]
         run.log_metrics(metrics, 0)

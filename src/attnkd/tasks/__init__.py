@@ -98,8 +98,10 @@ def get_task(name: str) -> Task:
 
 def _register_builtin() -> None:
     from attnkd.tasks.classification import Classification
+    from attnkd.tasks.squad import Squad
 
     register(Classification())
+    register(Squad())
 
 
 _register_builtin()

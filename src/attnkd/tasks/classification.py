@@ -24,6 +24,7 @@ from attnkd.io import sha256_file
 from attnkd.metrics import calibration_error, classification_metrics, confusion, per_class
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
+from attnkd.reporting import LABELS, data_note, data_table
 from attnkd.tasks import View, predict_rows
 
 
@@ -59,6 +60,9 @@ class Classification:
     select_by = "accuracy"
     summary_metrics = ("accuracy", "f1_macro")
     outputs = {"logits": "example"}
+    quality = LABELS  # the report's quality columns
+    short = "acc"  # select_by in the report's column names
+    headline = {"acc": "accuracy"}  # the DVC metrics per row
 
     def model_class(self) -> type:
         return BertForSequenceClassification
@@ -149,3 +153,14 @@ class Classification:
         for i, n in enumerate(names):
             frame[f"p_{n}"] = predictions[:, i].round(6)
         return quality, frame.to_csv(index=False)
+
+    def per_example(self, frame: pd.DataFrame) -> np.ndarray:
+        """The paired tests' per-example score from a predictions CSV: 1 where the prediction is right."""
+        return (frame["actual"] == frame["predicted"]).to_numpy(dtype=np.int8)
+
+    def data_table(self, report: dict) -> tuple[pd.DataFrame, str]:
+        """The data report as a table (a row per split) and a note."""
+        return data_table(report), data_note(report)
+
+    def examples(self, frames: dict[str, pd.DataFrame], k: int) -> None:
+        return None  # the confusion matrices and per-class scores say more
