@@ -50,7 +50,7 @@ def main() -> None:
         print(f"evaluate {name}: {task.select_by} {results[name][task.select_by]:.4f}")
 
     students = {n: (m, records[n].layer_pairs) for n, m in models.items() if n != "teacher"}
-    for name, layers in attention_agreement(models["teacher"], students, test, ep.batch_size, pad_id).items():
+    for name, layers in attention_agreement(models["teacher"], students, test.head(ep.agreement_examples), ep.batch_size, pad_id).items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
 
     timing = efficiency(models, test, pad_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)

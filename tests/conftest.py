@@ -151,7 +151,7 @@ def run_pipeline(root: Path, params: Path) -> None:
         assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",
                           "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--attention", root / "attention.json") == 0
         assert run_script("report", *p, "--metrics-dir", root / "metrics", "--predictions-dir", root / "predictions", "--curves-dir", root / "curves",
-                          "--prepared", prepared, "--data-report", root / "data.json", "--attention", root / "attention.json",
+                          "--prepared", prepared, "--data-report", root / "data.json", "--store", root / "signals/manifest.json", "--attention", root / "attention.json",
                           "--out", root / "report.md", "--summary", root / "summary.json", "--headline", root / "headline.json", "--points", root / "accuracy_latency.csv") == 0
     finally:
         mp.undo()

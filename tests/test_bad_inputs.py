@@ -63,7 +63,7 @@ def evaluate(p, students, chain, tmp):
 
 def report(p, metrics_dir, chain, tmp, predictions_dir=None):
     return ["report", "--params", p, "--metrics-dir", metrics_dir, "--predictions-dir", predictions_dir or chain / "predictions", "--curves-dir", chain / "curves",
-            "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--attention", chain / "attention.json",
+            "--prepared", chain / "prepared", "--data-report", chain / "data.json", "--store", chain / "signals/manifest.json", "--attention", chain / "attention.json",
             "--out", tmp / "out/report.md", "--summary", tmp / "out/summary.json", "--headline", tmp / "out/headline.json", "--points", tmp / "out/points.csv"]
 
 

@@ -177,3 +177,38 @@ def test_span_kd_is_hinton_kd_over_the_context_and_cls_with_t_squared():
     expected = temperature**2 * float((p * torch.log(p / 0.5)).sum()) / 2
     loss = kd_loss(span_rows(s_start, s_end, types, mask), span_rows(t_start, t_end, types, mask), temperature)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_task_merges_each_questions_windows_from_the_prepared_parquet(dev, tokenizer, tmp_path):
+    """Windows written as prepare writes them and read back as a Split: the answer of a question
+    comes from whichever of its windows scores best, even a later one, and EM/F1 are the official
+    scores of that text."""
+    from attnkd import data
+    from attnkd.io import sha256_file
+    from attnkd.tasks.squad import FILL, Squad, window_frame
+
+    rows = [q for q in dev if len(q.context) > 600][:3]
+    ws = windows(tokenizer, rows, max_length=64, stride=16)
+    path = tmp_path / "test.parquet"
+    window_frame(rows, ws).to_parquet(path, index=False)
+    (tmp_path / "meta.json").write_text(json.dumps({"label_names": [], "max_length": 64, "source": "t", "pair": True, "tokenizer": "t", "splits": {
+        "test": {"examples": len(ws), "inputs_sha256": "x", "sha256": sha256_file(path)}}}))
+    split = data.load_split(tmp_path, "test")
+    assert list(split.extra["question_id"]) == [rows[w.question].id for w in ws]
+    width = int(split.lengths.max())
+    scores = np.full((len(ws), 2, width), FILL)
+    for i, w in enumerate(ws):
+        context = [t for t, o in enumerate(w.offsets) if o is not None]
+        scores[i, :, context] = 0.0
+        scores[i, :, context[0]] = 1.0  # every window's own best guess: its first context token
+        if w.start > 0 and not any(v.question == w.question and v.start > 0 for v in ws[:i]):  # the first window holding the answer...
+            if i > 0 and ws[i - 1].question == w.question:  # ...when it is not the question's first window
+                scores[i, 0, w.start] = scores[i, 1, w.end] = 9.0
+    frame = Squad().answers(split, scores.reshape(len(ws), -1))
+    assert list(frame["id"]) == [q.id for q in rows]
+    later = [q for q, row in enumerate(rows) if ws[[w.question for w in ws].index(q)].start == 0]  # answer not in the first window
+    assert later, "the paragraphs chosen must have answers past their first window"
+    for q in later:
+        assert normalize_answer(frame["predicted"][q]) == normalize_answer(rows[q].answers[0]["text"]) and frame["exact_match"][q] == 1.0
+    assert frame["f1"].tolist() == [pytest.approx(f1(p, [a["text"] for a in r.answers])) for p, r in zip(frame["predicted"], rows)]
+    assert Squad().metrics(split, scores.reshape(len(ws), -1)) == {"exact_match": frame["exact_match"].mean(), "f1": frame["f1"].mean()}

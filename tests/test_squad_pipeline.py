@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from attnkd.squad import exact_match, f1
-from conftest import REPO, sh, shared_data, tiny_params
+from conftest import sh, shared_data, tiny_params
 
 SQUAD = shared_data("squad_v1.1/dev-v1.1.json.zip") / "squad_v1.1"
 
@@ -43,6 +43,7 @@ def qa_repo(tmp_path_factory, tiny_model_dir):
     params["task"] = "squad"
     params["data"] |= {"source": "files", "dir": "data/squad", "splits": {"train": "train.json", "validation": "", "test": "dev.json"},
                        "max_length": 64, "doc_stride": 16, "test_questions": 8, "validation_questions": 8, "train_questions": 40}
+    params["evaluate"]["agreement_examples"] = 6
     params["extract"]["max_gb"] = 1e-9  # 1 byte: the attention kd_at reads is left to the teacher in distill
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
@@ -108,4 +109,5 @@ def test_the_reports_qa_tables_equal_the_metrics_json(qa_repo):
     first = pd.read_csv(root / "reports/predictions/small-kd_at-s1.csv", keep_default_na=False).iloc[0]
     assert examples[first["question"].replace("|", "\\|").strip()][3] == first["predicted"].replace("|", "\\|").strip()
     assert "not the official dev set" in report and "F1 per seed" in report
+    assert "attention rows over the first 6 test examples" in report
     assert (root / "reports/figures/curves.png").is_file() and list((root / "reports/figures").glob("attention_*.png"))

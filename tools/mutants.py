@@ -87,6 +87,13 @@ MUTANTS = [
            ("squad_span_rows_mask_cls", "allowed[:, 0] = True  # [CLS]", "allowed[:, 0] = False  # [CLS]"),
            ("squad_span_rows_keep_the_question", "allowed = (token_type_ids.bool() & attention_mask.bool()).clone()",
             "allowed = attention_mask.bool().clone()")),
+    *group("src/attnkd/tasks/squad.py", SQUAD_TESTS,
+           ("squad_answer_from_the_first_window_only", 'offsets_of(ex["offsets"][i])) for i in idx]', 'offsets_of(ex["offsets"][i])) for i in idx[:1]]')),
+    # the store's size budget: what it leaves out, the teacher computes in distill
+    *group("src/attnkd/signals.py", ("tests/test_objective.py",),
+           ("store_budget_ignored", "if total + size <= max_bytes:", "if True:")),
+    *group("src/attnkd/distillation.py", ("tests/test_objective.py",),
+           ("over_budget_tensors_read_from_the_store", "stored = split_wanted(self.wanted, self.live)[0]", "stored = self.wanted")),
 ]
 
 

@@ -146,6 +146,13 @@ class Split:
     def lengths(self) -> np.ndarray:
         return np.array([len(ids) for ids in self.input_ids], dtype=np.int64)
 
+    def head(self, n: int) -> Split:
+        """The first n examples (all when n is 0 or larger than the split)."""
+        if not n or n >= len(self):
+            return self
+        return Split(self.input_ids[:n], self.labels[:n], None if self.type_ids is None else self.type_ids[:n],
+                     None if self.extra is None else {k: v[:n] for k, v in self.extra.items()})
+
     def __len__(self) -> int:
         return len(self.input_ids)
 

@@ -203,6 +203,7 @@ class EvaluateParams(Section):
     latency_examples: PosInt = 32
     latency_repeats: PosInt = 5  # also the repeats of the throughput measurement
     throughput_examples: PosInt = 64
+    agreement_examples: Annotated[int, Field(ge=0)] = 0  # attention agreement over the first N test examples; 0 = all
     calibration_bins: PosInt = 15
 
 

@@ -295,8 +295,9 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     if len(agreement):
         doc.heading("Attention agreement with the teacher")
         doc.table(agreement)
+        over = f"the first {params.evaluate.agreement_examples} test examples" if params.evaluate.agreement_examples else "the test split"
         doc.para("Mean Jensen-Shannon divergence (bits: 0 = the same attention, 1 = disjoint) between the student's and the teacher's "
-                 "attention rows over the test split, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
+                 f"attention rows over {over}, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
                  "match, else between head-averaged maps.")
     for name, image in heatmaps.items():
         doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {name.split('_')[1].split('.')[0]} "

@@ -68,6 +68,22 @@ def offsets_of(column: np.ndarray) -> list:
     return [None if s < 0 else (int(s), int(e)) for s, e in pairs]
 
 
+def window_frame(rows: list[Question], ws: list) -> pd.DataFrame:
+    """A prepared split of windows: the standard columns (text: the question, text_pair: the
+    context, label: [start, end]) and the task's own (question id, title, gold answers, offsets)."""
+    return pd.DataFrame({
+        "text": [rows[w.question].question for w in ws],
+        "text_pair": [rows[w.question].context for w in ws],
+        "label": [np.array([w.start, w.end], dtype=np.int64) for w in ws],
+        "input_ids": [np.asarray(w.input_ids, dtype=np.int32) for w in ws],
+        "token_type_ids": [np.asarray(w.type_ids, dtype=np.int8) for w in ws],
+        "question_id": [rows[w.question].id for w in ws],
+        "title": [rows[w.question].title for w in ws],
+        "answers": [[a["text"] for a in rows[w.question].answers] for w in ws],
+        "offsets": [offsets_column(w.offsets) for w in ws],
+    })
+
+
 def window_stats(rows: list[Question], ws: list) -> dict:
     lengths = np.array([len(w.input_ids) for w in ws])
     per_question = np.bincount([w.question for w in ws], minlength=len(rows))
@@ -120,18 +136,7 @@ class Squad:
         infos = {}
         for name, rows in splits.items():
             ws = windows(tokenizer, rows, dp.max_length, dp.doc_stride)
-            frame = pd.DataFrame({
-                "text": [rows[w.question].question for w in ws],
-                "text_pair": [rows[w.question].context for w in ws],
-                "label": [np.array([w.start, w.end], dtype=np.int64) for w in ws],
-                "input_ids": [np.asarray(w.input_ids, dtype=np.int32) for w in ws],
-                "token_type_ids": [np.asarray(w.type_ids, dtype=np.int8) for w in ws],
-                "question_id": [rows[w.question].id for w in ws],
-                "title": [rows[w.question].title for w in ws],
-                "answers": [[a["text"] for a in rows[w.question].answers] for w in ws],
-                "offsets": [offsets_column(w.offsets) for w in ws],
-            })
-            frame.to_parquet(out / f"{name}.parquet", index=False)
+            window_frame(rows, ws).to_parquet(out / f"{name}.parquet", index=False)
             infos[name] = SplitInfo(examples=len(ws), inputs_sha256=data.ids_digest([w.input_ids for w in ws]), sha256=sha256_file(out / f"{name}.parquet"))
             where = {"train": f"{origin['train']} + the other articles of {origin['test']}", "test": f"articles of {origin['test']} (seed {params.seed})",
                      "validation": origin.get("validation", f"articles of {origin['test']} (seed {params.seed})")}[name]
