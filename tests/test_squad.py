@@ -4,6 +4,7 @@ ones, windows over real paragraphs (answers across window edges), and merging wi
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -212,3 +213,80 @@ def test_the_task_merges_each_questions_windows_from_the_prepared_parquet(dev, t
         assert normalize_answer(frame["predicted"][q]) == normalize_answer(rows[q].answers[0]["text"]) and frame["exact_match"][q] == 1.0
     assert frame["f1"].tolist() == [pytest.approx(f1(p, [a["text"] for a in r.answers])) for p, r in zip(frame["predicted"], rows)]
     assert Squad().metrics(split, scores.reshape(len(ws), -1)) == {"exact_match": frame["exact_match"].mean(), "f1": frame["f1"].mean()}
+
+
+# ---- the squad task's prepare stage: sources and bad input, nothing written ------------------
+
+def _squad_params(tmp: Path, model_dir: Path, data: dict) -> Path:
+    import yaml
+
+    from conftest import tiny_params
+
+    doc = tiny_params(model_dir)
+    doc["task"] = "squad"
+    doc["data"] |= {"source": "files", "dir": str(tmp), "splits": {"train": "train.json", "validation": "", "test": "dev.json"},
+                    "max_length": 64, "doc_stride": 16, "test_questions": 1, "validation_questions": 1} | data
+    path = tmp / "params.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def _prepare(params: Path, capsys) -> tuple[int, str, Path]:
+    from conftest import run_script
+
+    out = params.parent / "prepared"
+    rc = run_script("prepare", "--params", params, "--out", out, "--report", params.parent / "data.json")
+    return rc, capsys.readouterr().err.strip(), out
+
+
+def _three_articles(unanswered: str = "") -> dict:
+    """Three one-paragraph articles; `unanswered` names the article whose question has no answers."""
+    return {"data": [{"title": t, "paragraphs": [{"context": f"{t} won the game in {t.lower()}ville.", "qas": [
+        {"id": f"q-{t}", "question": f"Who won in {t}?", "answers": [] if t == unanswered else [{"text": t, "answer_start": 0}]}]}]}
+        for t in ("Alpha", "Beta", "Gamma")]}
+
+
+def test_prepare_refuses_bad_squad_files_in_one_line_and_writes_nothing(tmp_path, tiny_model_dir, capsys):
+    (tmp_path / "dev.json").write_text(json.dumps(_three_articles()))
+    (tmp_path / "train.json").write_text(json.dumps(_doc(answers=[{"text": "Denver", "answer_start": 3}])))
+    rc, err, out = _prepare(_squad_params(tmp_path, tiny_model_dir, {}), capsys)
+    assert rc == 2 and "\n" not in err and not out.exists()
+    assert err == f"error: {tmp_path / 'train.json'}: question q1: answer_start 3 does not point at 'Denver' (the context there reads 'ver wo')"
+    # an unanswered dev question is fine in test or validation, refused when its article lands in train
+    (tmp_path / "train.json").write_text(json.dumps(_doc()))
+    seen = set()
+    for t in ("Alpha", "Beta", "Gamma"):
+        (tmp_path / "dev.json").write_text(json.dumps(_three_articles(unanswered=t)))
+        rc, err, out = _prepare(_squad_params(tmp_path, tiny_model_dir, {}), capsys)
+        assert "\n" not in err
+        seen.add(rc)
+        if rc == 2:
+            assert err == f"error: {tmp_path}/dev.json: question q-{t}: no answers, and its article is in the training split (a training split needs one)"
+            assert not out.exists()
+        else:
+            shutil.rmtree(out)
+    assert seen == {0, 2}  # one of the three articles is drawn into train, the others into test and validation
+    rc, err, out = _prepare(_squad_params(tmp_path, tiny_model_dir, {"doc_stride": 32}), capsys)
+    assert rc == 2 and err == "error: params.yaml: data.doc_stride: 32 must be below half of data.max_length (64), or windows barely advance"
+
+
+def test_the_hub_squad_is_read_through_datasets_and_is_one_line_offline(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    import datasets
+
+    local = tmp_path / "local_squad"
+    local.mkdir()
+    for split, doc in (("train", _doc()), ("validation", _three_articles(unanswered="Beta"))):
+        rows = [{"id": qa["id"], "title": a["title"], "context": p["context"], "question": qa["question"],
+                 "answers": {"text": [x["text"] for x in qa["answers"]], "answer_start": [x["answer_start"] for x in qa["answers"]]}}
+                for a in doc["data"] for p in a["paragraphs"] for qa in p["qas"]]
+        datasets.Dataset.from_list(rows).to_parquet(str(local / f"{split}.parquet"))
+    hub = {"source": "hub", "hub_name": str(local), "hub_config": "", "splits": {"train": "train", "validation": "", "test": "validation"}}
+    rc, err, out = _prepare(_squad_params(tmp_path, tiny_model_dir, hub), capsys)
+    assert rc == 0, err
+    report = json.loads((tmp_path / "data.json").read_text())
+    assert report["splits"]["test"]["questions"] == 1 and report["splits"]["train"]["questions"] == 2  # 1 train question + 1 dev article
+    shutil.rmtree(out)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: an offline machine
+    rc, err, out = _prepare(_squad_params(tmp_path, tiny_model_dir, hub | {"hub_name": "squad"}), capsys)
+    assert rc == 2 and "\n" not in err and not out.exists()
+    assert err.startswith("error: data.hub_name 'squad': the Hugging Face hub cannot be reached (127.0.0.1:9: ")
