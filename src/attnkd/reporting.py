@@ -277,8 +277,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     doc.para(
         f"Mean ± standard deviation over {len(params.student_seeds)} student seed(s) ({', '.join(map(str, params.student_seeds))}); "
         f"the teacher is one model (seed {params.seed}). "
-        + (f"ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. " if "ece" in task.quality else "")
-        + ("EM and F1: the official SQuAD v1.1 exact match and token F1 (fractions), the best over a question's gold answers. " if "exact_match" in task.quality else "")
+        + task.quality_note(params)
         + ("One seed per method: the report cannot judge significance (seed-to-seed variation is unknown); list 3 or more `student_seeds`."
            if one_seed else
            f"Δ and p against the `{BASELINE}` student (the same student architecture trained with `{BASELINE}` alone): {TEST_NAME}, {rp.bootstrap_samples} resamples, two-sided; seeds paired "

@@ -45,6 +45,16 @@ class Task(Protocol):
     def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]: ...  # validation metrics
     def evaluation(self, split: Split, predictions: np.ndarray, meta: PreparedMeta, bins: int) -> tuple[dict, str]: ...  # metrics JSON, predictions CSV
     def caption(self, split: Split, i: int, meta: PreparedMeta) -> str: ...  # one example, beside its attention maps
+    # what the report shows: its quality columns (metric -> label; select_by is the main one), the
+    # main metric's short name in column titles, the DVC metrics (short name -> metric)
+    quality: dict[str, str]
+    short: str
+    headline: dict[str, str]
+
+    def quality_note(self, params) -> str: ...  # the sentence under the quality table about its columns
+    def per_example(self, frame) -> np.ndarray: ...  # from a predictions CSV: (N,) per-example score whose mean is select_by (the paired test)
+    def data_table(self, report: dict) -> tuple: ...  # the data report as (a table, a note)
+    def examples(self, frames: dict, k: int): ...  # a table of k test examples with each model's prediction, or None
 
 
 def raw_outputs(task: Task, out) -> dict[str, torch.Tensor]:

@@ -154,6 +154,10 @@ class Classification:
             frame[f"p_{n}"] = predictions[:, i].round(6)
         return quality, frame.to_csv(index=False)
 
+    def quality_note(self, params: Params) -> str:
+        """What the report says of the quality columns, under the table."""
+        return f"ECE: expected calibration error over {params.evaluate.calibration_bins} confidence bins. "
+
     def per_example(self, frame: pd.DataFrame) -> np.ndarray:
         """The paired tests' per-example score from a predictions CSV: 1 where the prediction is right."""
         return (frame["actual"] == frame["predicted"]).to_numpy(dtype=np.int8)

@@ -199,6 +199,10 @@ class Squad:
         quality = {"exact_match": round(float(frame["exact_match"].mean()), 6), "f1": round(float(frame["f1"].mean()), 6), "questions": len(frame)}
         return quality, frame.to_csv(index=False)
 
+    def quality_note(self, params: Params) -> str:
+        """What the report says of the quality columns, under the table."""
+        return "EM and F1: the official SQuAD v1.1 exact match and token F1 (fractions), the best over a question's gold answers. "
+
     def per_example(self, frame: pd.DataFrame) -> np.ndarray:
         """The paired tests' per-example score from a predictions CSV: each question's F1."""
         return frame["f1"].to_numpy(dtype=np.float64)
