@@ -112,21 +112,28 @@ def sh(cmd: list[str], cwd: Path, env: dict) -> str:
     return proc.stdout + proc.stderr
 
 
-@pytest.fixture(scope="session")
-def tiny_repo(tmp_path_factory, tiny_model_dir):
-    """A fresh git clone-alike of the project with tiny params, after one `dvc repro`."""
+def repro_copy(root: Path, params: dict, files: dict[str, str] | None = None) -> tuple[Path, dict, str]:
+    """A fresh git clone-alike of the project in `root` with these params and extra files (path
+    relative to root -> text), after one `dvc repro`: (root, the environment to run in, its log)."""
     from mutants import copy_tree
 
-    root = tmp_path_factory.mktemp("e2e") / "repo"
     copy_tree(root)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(tiny_model_dir), sort_keys=False))
+    for name, text in (files or {}).items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "TQDM_DISABLE": "1"}
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "tiny"]):
         sh(cmd, root, env)
-    log = sh(["dvc", "repro"], root, env)
-    return root, env, log
+    return root, env, sh(["dvc", "repro"], root, env)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory, tiny_model_dir):
+    """A fresh git clone-alike of the project with tiny params, after one `dvc repro`."""
+    return repro_copy(tmp_path_factory.mktemp("e2e") / "repo", tiny_params(tiny_model_dir))
 
 
 def run_pipeline(root: Path, params: Path) -> None:

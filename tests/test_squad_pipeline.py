@@ -5,19 +5,16 @@ the official scores of the predicted answers."""
 from __future__ import annotations
 
 import json
-import os
 import re
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from attnkd.squad import exact_match, f1
-from conftest import sh, shared_data, tiny_params
+from conftest import repro_copy, sh, shared_data, tiny_params
 
 SQUAD = shared_data("squad_v1.1/dev-v1.1.json.zip") / "squad_v1.1"
 
@@ -31,28 +28,15 @@ def excerpt(path: Path, articles: int, paragraphs: int) -> dict:
 
 @pytest.fixture(scope="module")
 def qa_repo(tmp_path_factory, tiny_model_dir):
-    from mutants import copy_tree
-
-    root = tmp_path_factory.mktemp("qa") / "repo"
-    copy_tree(root)
-    raw = root / "data/squad"
-    raw.mkdir(parents=True)
-    (raw / "train.json").write_text(json.dumps(excerpt(SQUAD / "train-v1.1-prefix.json.zip", 2, 3)))
-    (raw / "dev.json").write_text(json.dumps(excerpt(SQUAD / "dev-v1.1.json.zip", 4, 2)))
     params = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}})
     params["task"] = "squad"
     params["data"] |= {"source": "files", "dir": "data/squad", "splits": {"train": "train.json", "validation": "", "test": "dev.json"},
                        "max_length": 64, "doc_stride": 16, "test_questions": 8, "validation_questions": 8, "train_questions": 40}
     params["evaluate"]["agreement_examples"] = 6
     params["extract"]["max_gb"] = 1e-9  # 1 byte: the attention kd_at reads is left to the teacher in distill
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env |= {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t", "TQDM_DISABLE": "1"}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "commit", "-qm", "qa"]):
-        sh(cmd, root, env)
-    log = sh(["dvc", "repro"], root, env)
-    return root, env, log
+    files = {"data/squad/train.json": json.dumps(excerpt(SQUAD / "train-v1.1-prefix.json.zip", 2, 3)),
+             "data/squad/dev.json": json.dumps(excerpt(SQUAD / "dev-v1.1.json.zip", 4, 2))}
+    return repro_copy(tmp_path_factory.mktemp("qa") / "repo", params, files)
 
 
 def test_every_stage_runs_and_nothing_is_left_stale(qa_repo):

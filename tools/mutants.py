@@ -93,7 +93,7 @@ MUTANTS = [
     *group("src/attnkd/signals.py", ("tests/test_objective.py",),
            ("store_budget_ignored", "if total + size <= max_bytes:", "if True:")),
     *group("src/attnkd/distillation.py", ("tests/test_objective.py",),
-           ("over_budget_tensors_read_from_the_store", "stored = split_wanted(self.wanted, self.live)[0]", "stored = self.wanted")),
+           ("over_budget_tensors_read_from_the_store", "return split_wanted(self.wanted, self.live)[0]", "return self.wanted")),
 ]
 
 

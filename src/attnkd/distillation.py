@@ -10,6 +10,7 @@ the signal store, or from the teacher run on every batch (`online`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import torch
@@ -46,11 +47,15 @@ class DistillRun:
     live: dict[str, list[int]] = field(default_factory=dict)  # of `wanted`, what the store left to the teacher (over its size budget)
     teacher: torch.nn.Module | None = None  # run on every batch for `live`
 
+    @cached_property
+    def from_source(self) -> dict[str, list[int]]:
+        """What the method reads from `source`: `wanted` less `live`."""
+        return split_wanted(self.wanted, self.live)[0]
+
     def step_loss(self, model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The teacher's signals for the batch (store or online; a store's over-budget tensors
         from the teacher now), then the method's objective."""
-        stored = split_wanted(self.wanted, self.live)[0]
-        outputs_t, tensors_t = teacher_batch(self.source, idx, batch, stored, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
+        outputs_t, tensors_t = teacher_batch(self.source, idx, batch, self.from_source, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
         if self.live:
             tensors_t |= online_batch(self.teacher, batch, self.live, self.task)[1]
         return self.objective(model, batch, outputs_t, tensors_t)

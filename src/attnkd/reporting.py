@@ -14,6 +14,7 @@ import pandas as pd
 
 from attnkd.data import SPLITS
 from attnkd.io import atomic_write_text
+from attnkd.signals import LAYER_FILE
 from attnkd.stats import mean_std, paired_bootstrap
 
 BASELINE = "ce"
@@ -249,7 +250,7 @@ def reading(summary: dict[str, dict]) -> str:
 def store_line(manifest) -> str:
     """Where the students' teacher signals came from: the store (what, how big) or the teacher run
     in distill for the tensors over the store's budget."""
-    layers = sum(f.bytes for n, f in manifest.files.items() if "_layer" in n)
+    layers = sum(f.bytes for n, f in manifest.files.items() if LAYER_FILE.match(n))
     stored = ", ".join(f"{k} of layers {ls}" for k, ls in manifest.tensors.items()) or "no layer tensors"
     text = (f"teacher signals: from the signal store, {manifest.num_examples} training examples: the teacher's outputs and {stored} "
             f"({layers / 2**20:.1f} MiB in {manifest.dtype})")
@@ -268,6 +269,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     model's prediction, when the task makes one."""
     rp, digits = params.report, params.report.digits
     main, label = task.select_by, task.quality[task.select_by]
+    capital = label[:1].upper() + label[1:]  # the label at the start of a caption or heading
     students = params.distill.students
     methods = list(params.methods)
     doc = Document(rp.title)
@@ -289,7 +291,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
              f"latency is the median batch-1 forward time over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
              f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
              f"in batches of {params.evaluate.batch_size}. Speed-up: teacher latency / model latency.")
-    doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], f"{label[0].upper()}{label[1:]} versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
+    doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], f"{capital} versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
     agreement = agreement_table(summary, digits)
     if len(agreement):
         doc.heading("Attention agreement with the teacher")
@@ -309,7 +311,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     if "per_class_f1" in next(iter(summary.values())):
         doc.heading("Per class (F1, mean over seeds)")
         doc.table(per_class_table(summary, digits))
-    doc.heading(f"{label[0].upper()}{label[1:]} per seed")
+    doc.heading(f"{capital} per seed")
     doc.table(seed_table(results, groups, digits, main))
     doc.heading("Training curves")
     doc.figure("figures/curves.png", images["curves.png"], f"Validation {label} and training loss per epoch: the mean over seeds, and the seeds' range as a band.")

@@ -253,19 +253,30 @@ def load_hub(name: str, config: str):
         ) from None
 
 
+def hub_split(loaded, name: str, config: str, split: str, hub_split_name: str):
+    """One split of a loaded hub data set, and how errors name it; a missing split is refused
+    naming the params key."""
+    where = f"hub {name}/{config or '-'} split {hub_split_name!r}"
+    if hub_split_name not in loaded:
+        raise UserError(f"{where}: no such split (data.splits.{split}); the data set has {sorted(loaded)}")
+    return loaded[hub_split_name], where
+
+
+def resolve_dir(folder: str, root: Path) -> Path:
+    """data.dir as a path: a relative one is relative to `root` (the repository)."""
+    return Path(folder) if Path(folder).is_absolute() else root / folder
+
+
 def read_hub(name: str, config: str, splits: dict[str, str], cols: Columns) -> dict[str, RawSplit]:
     """The splits of a Hugging Face `datasets` data set (`load_hub`) as raw rows."""
     import datasets
 
     loaded = load_hub(name, config)
     out = {}
-    for split, hub_split in splits.items():
-        if not hub_split:
+    for split, hub_split_name in splits.items():
+        if not hub_split_name:
             continue
-        where = f"hub {name}/{config or '-'} split {hub_split!r}"
-        if hub_split not in loaded:
-            raise UserError(f"{where}: no such split (data.splits.{split}); the data set has {sorted(loaded)}")
-        ds = loaded[hub_split]
+        ds, where = hub_split(loaded, name, config, split, hub_split_name)
         check_columns(where, list(ds.column_names), cols)
         feature = ds.features[cols.label]
         records = list(enumerate(ds.select_columns([c for _, c in cols.wanted()]).to_list(), start=1))

@@ -36,8 +36,7 @@ def read_source(dp: DataParams, root: Path) -> dict[str, sources.RawSplit]:
         return sources.read_bbc_news(sources.bbc_news_dir(), dp.decode)
     if dp.source == "hub":
         return sources.read_hub(dp.hub_name, dp.hub_config, names, cols)
-    folder = Path(dp.dir) if Path(dp.dir).is_absolute() else root / dp.dir
-    return sources.read_files(folder, names, dp.format, dp.quoting, cols, dp.decode)
+    return sources.read_files(sources.resolve_dir(dp.dir, root), names, dp.format, dp.quoting, cols, dp.decode)
 
 
 def origin(dp: DataParams, split: str) -> str:

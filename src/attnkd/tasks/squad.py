@@ -47,13 +47,11 @@ def read_questions(dp: DataParams, root: Path) -> tuple[dict[str, list[Question]
     if dp.source == "hub":
         loaded = sources.load_hub(dp.hub_name, dp.hub_config)
         out = {}
-        for split, hub_split in names.items():
-            where = f"hub {dp.hub_name}/{dp.hub_config or '-'} split {hub_split!r}"
-            if hub_split not in loaded:
-                raise UserError(f"{where}: no such split (data.splits.{split}); the data set has {sorted(loaded)}")
-            out[split] = parse_squad(hub_document(loaded[hub_split].to_list()), where, require_answers=split == "train")
+        for split, name in names.items():
+            ds, where = sources.hub_split(loaded, dp.hub_name, dp.hub_config, split, name)
+            out[split] = parse_squad(hub_document(ds.to_list()), where, require_answers=split == "train")
         return out, {k: f"hub {dp.hub_name} split {v}" for k, v in names.items()}
-    folder = Path(dp.dir) if Path(dp.dir).is_absolute() else root / dp.dir
+    folder = sources.resolve_dir(dp.dir, root)
     out = {split: read_squad(folder / name, require_answers=split == "train") for split, name in names.items()}
     return out, {k: f"{dp.dir}/{v}" for k, v in names.items()}
 
