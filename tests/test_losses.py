@@ -328,3 +328,51 @@ def test_loss_names_live_only_in_the_registry():
         for name in LOSSES:
             if name not in ("ce", "kd"):
                 assert f'"{name}"' not in text and f"'{name}'" not in text, f"{path.relative_to(REPO)} names the loss {name}"
+
+
+from attnkd.losses import cls_kl_loss, cls_mse_loss, kd_mse_loss
+
+
+def test_kd_mse_matches_hand_value():
+    """Tang et al.'s logit matching: squared distance summed over outputs, mean over rows."""
+    s = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    t = torch.tensor([[3.0, -1.0], [0.0, 2.0]])
+    assert kd_mse_loss(s, t).item() == pytest.approx(((4 + 1) + 4) / 2, abs=1e-6)
+
+
+def test_cls_kl_matches_hand_value_and_ignores_padding():
+    # example 0: three real tokens; example 1: two real tokens and one padded position whose
+    # values (0.5 on the student side) must not count
+    row_t = torch.tensor([[0.5, 0.25, 0.25], [0.8, 0.2, 0.0]])
+    row_s = torch.tensor([[0.25, 0.25, 0.5], [0.4, 0.1, 0.5]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    kl0 = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5)
+    kl1 = 0.8 * math.log(0.8 / 0.4) + 0.2 * math.log(0.2 / 0.1)
+    assert cls_kl_loss(row_s, row_t, mask).item() == pytest.approx((kl0 + kl1) / 2, abs=1e-6)
+    other = row_s.clone()
+    other[1, 2] = 0.9  # a padded position: inert
+    assert cls_kl_loss(other, row_t, mask).item() == pytest.approx((kl0 + kl1) / 2, abs=1e-6)
+
+
+def test_cls_mse_matches_hand_value_and_ignores_padding():
+    row_t = torch.tensor([[0.5, 0.25, 0.25], [0.8, 0.2, 0.0]])
+    row_s = torch.tensor([[0.25, 0.25, 0.5], [0.4, 0.1, 0.5]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    e0 = (0.25**2 + 0 + 0.25**2) / 3  # mean over its 3 real tokens
+    e1 = (0.4**2 + 0.1**2) / 2  # over its 2 real tokens: the padded 0.5 does not count
+    assert cls_mse_loss(row_s, row_t, mask).item() == pytest.approx((e0 + e1) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["kd_mse", "cls_kl", "cls_mse"])
+def test_row_losses_are_zero_on_equal_inputs_and_send_gradients_to_the_student_only(name):
+    g = torch.Generator().manual_seed(7)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]])
+    kind = "logits" if name == "kd_mse" else "cls"
+    rows = lambda: torch.softmax(torch.randn(2, 4, generator=g).masked_fill(~mask.bool(), float("-inf")), -1)  # noqa: E731
+    s, t = rows().requires_grad_(), rows().requires_grad_()
+    assert LOSSES[name].fn({kind: s}, {kind: s.detach().clone()}, mask, LossConfig()).item() == pytest.approx(0.0, abs=1e-7)
+    loss = LOSSES[name].fn({kind: s}, {kind: t}, mask, LossConfig())
+    assert loss.item() > 0
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+

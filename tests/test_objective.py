@@ -16,7 +16,7 @@ from attnkd.signals import SignalStore, extract
 from conftest import tiny_config
 
 PAIRS = [(2, 1)]
-KINDS = ("attn", "scores", "q", "k", "v", "hidden")
+KINDS = ("attn", "scores", "q", "k", "v", "hidden", "cls")
 
 
 def sharp_teacher() -> BertForSequenceClassification:
@@ -55,7 +55,7 @@ def reference(teacher, ids: torch.Tensor, layer: int) -> dict[str, torch.Tensor]
     heads = teacher.config.num_attention_heads
     qh, kh = (t.view(1, -1, heads, t.shape[-1] // heads).transpose(1, 2) for t in (q, k))  # (1, H, n, d)
     scores = qh @ kh.transpose(-1, -2) / qh.shape[-1] ** 0.5
-    return {"attn": out.attentions[layer - 1], "scores": scores, "q": q, "k": k, "v": v, "hidden": out.hidden_states[layer], "logits": out.logits}
+    return {"attn": out.attentions[layer - 1], "cls": out.attentions[layer - 1][:, :, 0, :].mean(1), "scores": scores, "q": q, "k": k, "v": v, "hidden": out.hidden_states[layer], "logits": out.logits}
 
 
 @torch.no_grad()

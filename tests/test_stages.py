@@ -175,19 +175,21 @@ def test_bad_params_stop_a_stage_with_one_line_and_no_output(tmp_path, params_fi
     assert not (tmp_path / "prepared").exists()
 
 
-# ---- two students, as in the sst2 profile ----------------------------------------------------
+# ---- several students, as in the sst2 profiles: two transformers and a BiLSTM ------------------
 
 WIDE = {"num_layers": 2, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "teacher", "attention_dropout": 0.0, "hidden_dropout": 0.1}
 NARROW = {"num_layers": 1, "hidden_size": 16, "num_heads": 4, "intermediate_size": 32, "init": "embeddings", "attention_dropout": 0.0, "hidden_dropout": 0.1}
+RNN = {"family": "lstm", "num_layers": 1, "hidden_size": 8, "embedding_size": 16, "init": "embeddings", "hidden_dropout": 0.1}
 
 
 @pytest.fixture(scope="module")
 def two(tmp_path_factory, tiny_model_dir) -> Path:
-    """The chain with two student architectures of different depth and width."""
+    """The chain with three student architectures: two transformers of different depth and width,
+    and a BiLSTM; a method every family can train (the [CLS]-row transfer)."""
     root = tmp_path_factory.mktemp("two-students")
-    doc = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}},
-                      students={"wide": WIDE, "narrow": NARROW})
-    doc["distill"]["students"] = ["wide", "narrow"]
+    doc = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd_at": {"ce": 0.5, "kd": 0.5, "cls_kl": 1.0}},
+                      students={"wide": WIDE, "narrow": NARROW, "rnn": RNN})
+    doc["distill"]["students"] = ["wide", "narrow", "rnn"]
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
     run_pipeline(root, root / "params.yaml")
     return root
@@ -195,7 +197,7 @@ def two(tmp_path_factory, tiny_model_dir) -> Path:
 
 def test_two_students_share_one_store_and_get_their_own_architecture(two):
     manifest = json.loads((two / "signals/manifest.json").read_text())
-    assert manifest["tensors"] == {"attn": [1, 2]}  # wide pairs t1-s1, t2-s2; narrow t2-s1: the union of teacher layers
+    assert manifest["tensors"] == {"cls": [1, 2]}  # wide pairs t1-s1, t2-s2; narrow and rnn t2-s1: the union of teacher layers
     wide, narrow = json.loads((two / "students/wide-kd_at-s1/config.json").read_text()), json.loads((two / "students/narrow-kd_at-s1/config.json").read_text())
     assert (wide["num_hidden_layers"], wide["hidden_size"]) == (2, 32) and (narrow["num_hidden_layers"], narrow["hidden_size"]) == (1, 16)
     record = json.loads((two / "students/narrow-kd_at-s2/attnkd.json").read_text())
@@ -205,11 +207,26 @@ def test_two_students_share_one_store_and_get_their_own_architecture(two):
 def test_the_report_compares_each_student_with_its_own_ce(two):
     text = (two / "report.md").read_text()
     metrics = {p.stem: json.loads(p.read_text()) for p in (two / "metrics").iterdir()}
-    assert list(table(text, "Quality on the test split")) == ["teacher", "wide ce", "wide kd_at", "narrow ce", "narrow kd_at"]
+    assert list(table(text, "Quality on the test split")) == ["teacher", "wide ce", "wide kd_at", "narrow ce", "narrow kd_at", "rnn ce", "rnn kd_at"]
     summary = json.loads((two / "summary.json").read_text())
-    for student in ("wide", "narrow"):
+    for student in ("wide", "narrow", "rnn"):
         mean = lambda m: sum(metrics[f"{student}-{m}-s{s}"]["accuracy"] for s in (1, 2)) / 2  # noqa: E731
         assert summary[f"{student} kd_at"]["vs_ce"]["delta"] == pytest.approx(mean("kd_at") - mean("ce"), abs=1e-6)
         assert "vs_ce" not in summary[f"{student} ce"]
     assert summary["narrow ce"]["params"] < summary["wide ce"]["params"] == summary["teacher"]["params"]  # wide: the tiny teacher's shape
     assert "student `narrow`: 1 layers, hidden 16" in text and "student `wide`: 2 layers, hidden 32" in text
+    assert "student `rnn`: BiLSTM, 1 layer of 8 units per direction, embeddings 16, attention pooling" in text
+
+
+def test_a_bilstm_student_trains_saves_and_is_measured_like_the_others(two):
+    config = json.loads((two / "students/rnn-kd_at-s1/config.json").read_text())
+    assert (config["model_type"], config["hidden_size"], config["embedding_size"]) == ("attnkd-bilstm", 8, 16)
+    record = json.loads((two / "students/rnn-kd_at-s1/attnkd.json").read_text())
+    assert record["layer_pairs"] == [[2, 1]] and record["architecture"]["family"] == "lstm"  # its pooling row learns the last teacher layer's [CLS] row
+    metrics = {p.stem: json.loads(p.read_text()) for p in (two / "metrics").iterdir()}
+    rnn, narrow = metrics["rnn-kd_at-s1"], metrics["narrow-kd_at-s1"]
+    assert 0 < rnn["attention_js"]["t2-s1"] < 1 and rnn["latency_ms"] > 0 and rnn["params"] < metrics["teacher"]["params"]
+    assert narrow["attention_js"]["t2-s1"] > 0
+    curve = (two / "curves/rnn-kd_at-s1.tsv").read_text().splitlines()
+    assert len(curve) == 2  # header + one epoch
+

@@ -40,7 +40,7 @@ from attnkd.compute import CPU
 from attnkd.distillation import DistillRun, assemble
 from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
-from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
+from attnkd.models import attention_layers, load_model, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import wanted_tensors
 from attnkd.params import Params
 from attnkd.tasks import get_task
@@ -139,7 +139,7 @@ def main() -> None:
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
     cfg = teacher.config
-    pairs = {name: resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, params.students[name].num_layers) for name in dp.students}
+    pairs = {name: resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, attention_layers(params.students[name])) for name in dp.students}
     wanted = wanted_tensors([METHOD], sorted({p for ps in pairs.values() for p in ps}), dp.attn_mse_on)  # the union, as extract stores
     shapes = ", ".join(f"{n} {params.students[n].num_layers}x{params.students[n].hidden_size} (pairs {pairs[n]})" for n in dp.students)
     print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); students {shapes}; stored {wanted}; max_length {max_length}; "

@@ -17,7 +17,7 @@ import torch
 
 from attnkd.errors import UserError
 from attnkd.losses import resolve_layer_map
-from attnkd.models import build_student
+from attnkd.models import attention_layers, build_student
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.params import Params
 from attnkd.signals import SignalStore, online_batch, split_wanted, teacher_batch
@@ -70,7 +70,7 @@ def assemble(params: Params, student: str, method: str, seed: int, teacher: torc
     weights = params.methods[method].weights()
     task = get_task(params.task)
     cfg = teacher.config
-    pairs = resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, sp.num_layers)
+    pairs = resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, attention_layers(sp))
     check_compatible(weights, dp, sp, cfg.num_attention_heads, cfg.hidden_size)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     if store is not None and expect is not None:

@@ -34,6 +34,43 @@ def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) 
     return F.kl_div(log_p_s, log_p_t, log_target=True, reduction="batchmean") * temperature**2
 
 
+def kd_mse_loss(logits_s: torch.Tensor, logits_t: torch.Tensor) -> torch.Tensor:
+    """Logit matching (Tang et al. 2019, "Distilling Task-Specific Knowledge from BERT into Simple
+    Neural Networks", eq. 2; Ba & Caruana 2014).
+
+    L = mean_b || z_s[b] - z_t[b] ||_2^2
+
+    The squared distance is summed over the C outputs (the paper's norm) and averaged over rows.
+    No temperature: raw logits are matched. In a span view, masked positions hold the same fill
+    value on both sides and add nothing. logits_s, logits_t: (B, C).
+    """
+    return ((logits_s.float() - logits_t.detach().float()) ** 2).sum(-1).mean()
+
+
+def cls_kl_loss(row_s: torch.Tensor, row_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Attention-pooling transfer: the student's attention row over the tokens learns the
+    teacher's `[CLS]`-query attention row (head-averaged).
+
+    L = mean_b sum_{k real} a_t[b, k] log( a_t[b, k] / a_s[b, k] )      (KL(a_t || a_s))
+
+    row_s: (B, T) the student's row: a BiLSTM's pooling weights, or a transformer's [CLS] row
+    averaged over heads; row_t: (B, T) the teacher's [CLS] row averaged over heads (models.layer_tensor,
+    kind "cls"). Both are distributions over the real tokens; padded keys are excluded.
+    """
+    keys = mask.bool()  # (B, T)
+    p_t = row_t.detach().float().masked_fill(~keys, 0.0)  # (B, T)
+    log_ratio = torch.log(p_t.clamp_min(eps)) - torch.log(row_s.float().clamp_min(eps))
+    return (p_t * log_ratio).masked_fill(~keys, 0.0).sum(-1).mean()
+
+
+def cls_mse_loss(row_s: torch.Tensor, row_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The same rows as cls_kl_loss, matched by squared error averaged over each example's real
+    tokens, then over the batch: L = mean_b 1/|x_b| sum_{k real} (a_s[b, k] - a_t[b, k])^2.
+    row_s, row_t: (B, T)."""
+    m = mask.float()  # (B, T)
+    return ((((row_s.float() - row_t.detach().float()) ** 2) * m).sum(-1) / m.sum(-1)).mean()
+
+
 def attn_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """MiniLM self-attention distribution transfer (Wang et al. 2020, eq. 4).
 
@@ -221,6 +258,9 @@ def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
 LOSSES: dict[str, Loss] = {
     "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True),
     "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False),
+    "kd_mse": Loss(lambda s, t, mask, cfg: kd_mse_loss(s["logits"], t["logits"]), _kinds("logits"), per_layer=False),
+    "cls_kl": Loss(lambda s, t, mask, cfg: cls_kl_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),
+    "cls_mse": Loss(lambda s, t, mask, cfg: cls_mse_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),
     "attn_kl": Loss(lambda s, t, mask, cfg: attn_kl_loss(*_head_view(s["attn"], t["attn"], cfg), mask), _kinds("attn"), per_layer=True,
                     check=_per_head_needs_equal_heads),
     "attn_mse": Loss(lambda s, t, mask, cfg: attn_mse_loss(*_head_view(s[_attn_kind(cfg)], t[_attn_kind(cfg)], cfg), mask),

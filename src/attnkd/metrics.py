@@ -112,27 +112,32 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
     """For every student and mapped (teacher_layer, student_layer) pair: the mean Jensen-Shannon
     divergence (bits) between the student's and the teacher's attention rows, over heads (per
     head with equal head counts, else head-averaged maps), non-padding query tokens and examples.
-    Keys are `t<teacher_layer>-s<student_layer>`."""
+    A student with one attention row per example (the BiLSTM's pooling) is compared with the
+    teacher's [CLS] query row, head-averaged, averaged over examples. Keys are `t<teacher_layer>-s<student_layer>`."""
     teacher.eval()
     for model, _ in students.values():
         model.eval()
     sums = {name: {} for name in students}
-    count = 0
+    counts = dict.fromkeys(students, 0)
     for idx in length_batches(split.lengths, batch_size):
         b = collate(split, idx, pad_id)
         rows = b["attention_mask"].bool()  # (B, T) real query tokens
-        count += int(rows.sum())
         att_t = forward(teacher, b, output_attentions=True).attentions
         for name, (model, pairs) in students.items():
-            att_s = forward(model, b, output_attentions=True).attentions
+            out = forward(model, b, output_attentions=True)
+            pooled = getattr(out, "pooling", None) is not None
+            counts[name] += len(idx) if pooled else int(rows.sum())
             for t_layer, s_layer in pairs:
-                a_s, a_t = att_s[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
-                if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
-                    a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
-                js = js_divergence(a_s, a_t).mean(1)  # (B, T)
+                if pooled:  # one row per example: (B, T) against the teacher's [CLS] row
+                    js = js_divergence(out.pooling.double(), att_t[t_layer - 1][:, :, 0, :].double().mean(1))  # (B,)
+                else:
+                    a_s, a_t = out.attentions[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
+                    if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
+                        a_s, a_t = a_s.mean(1, keepdim=True), a_t.mean(1, keepdim=True)
+                    js = js_divergence(a_s, a_t).mean(1)[rows]  # (B, T) -> real queries
                 key = f"t{t_layer}-s{s_layer}"
-                sums[name][key] = sums[name].get(key, 0.0) + float(js[rows].sum())
-    return {name: {k: v / count for k, v in layers.items()} for name, layers in sums.items()}
+                sums[name][key] = sums[name].get(key, 0.0) + float(js.sum())
+    return {name: {k: v / counts[name] for k, v in layers.items()} for name, layers in sums.items()}
 
 
 
@@ -161,7 +166,8 @@ def attention_snapshot(models: dict[str, torch.nn.Module], pairs: list[tuple[int
 def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test: Split, meta: dict, task, tokenizer, rp) -> list[dict]:
     """The report's heatmaps: on its chosen test examples, the teacher and the first-seed student of
     each row whose layer map is the first row's, per mapped pair."""
-    first = {row: names[0] for row, names in groups.items() if row != "teacher"}
+    first = {row: names[0] for row, names in groups.items()  # a BiLSTM has no (n, n) map to draw
+             if row != "teacher" and records[names[0]].architecture.get("family") != "lstm"}
     if not rp.heatmap_examples or not first:
         return []
     pairs = records[next(iter(first.values()))].layer_pairs

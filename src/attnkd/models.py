@@ -18,14 +18,31 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertPreTrainedModel
+from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, BertPreTrainedModel
 
 from attnkd.errors import UserError
 from attnkd.artifacts import ModelRecord, verify_files
 from attnkd.losses import split_heads
 from attnkd.params import PACKAGED_MODEL, StudentParams
+from attnkd.recurrent import MODEL_TYPE as BILSTM, BiLSTMConfig, BiLSTMForSequenceClassification
 
 EAGER = "eager"
+# the per-layer tensor kinds each student family exposes to the losses (models.layer_tensor);
+# "cls" is the attention row of the first token, head-averaged: a transformer's [CLS] query row,
+# the BiLSTM's attention-pooling weights
+FAMILY_KINDS = {"transformer": ("attn", "scores", "q", "k", "v", "hidden", "cls"), "lstm": ("cls", "hidden")}
+
+
+def attention_layers(sp: StudentParams) -> int:
+    """How many layers of a student the layer map pairs with teacher layers: a transformer's
+    layers; a BiLSTM's one attention-pooling layer (layer 1: its pooling row and its top
+    BiLSTM outputs)."""
+    return 1 if sp.family == "lstm" else sp.num_layers
+
+
+def student_width(sp: StudentParams) -> int:
+    """The width of a student's per-token states (the `hidden` kind): 2 x hidden for a BiLSTM."""
+    return 2 * sp.hidden_size if sp.family == "lstm" else sp.hidden_size
 
 
 def resolve_init(init: str) -> Path:
@@ -73,8 +90,12 @@ def load_model(model_dir: Path, task=None, head: dict | None = None):
     verify_model_dir(model_dir)
     try:
         config = AutoConfig.from_pretrained(str(model_dir))
+        if config.model_type == BILSTM:
+            if task.name != "classification":
+                raise UserError(f"{model_dir}: a BiLSTM student (students family lstm) classifies; task {task.name!r} needs a transformer")
+            return BiLSTMForSequenceClassification.from_pretrained(str(model_dir))
         if config.model_type != "bert":
-            raise UserError(f"{model_dir}: model_type {config.model_type!r} is not supported yet (BERT-family encoders only)")
+            raise UserError(f"{model_dir}: model_type {config.model_type!r} is not supported yet (BERT-family encoders, or this project's BiLSTM)")
         return task.model_class().from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0]})") from None
@@ -98,14 +119,37 @@ def student_config(teacher_config: BertConfig, sp: StudentParams) -> BertConfig:
     return config
 
 
-def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> BertPreTrainedModel:
-    """A fresh student of the teacher's class (so with the task's head), initialised from the
-    seed, then copied from the teacher as sp.init says; its word embeddings frozen unless
-    sp.train_embeddings."""
+def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: list[tuple[int, int]], seed: int) -> torch.nn.Module:
+    """A fresh student initialised from the seed, then copied from the teacher as sp.init says;
+    its word embeddings frozen unless sp.train_embeddings. Family transformer: the teacher's
+    class (so with the task's head); family lstm: a BiLSTM classifier over the teacher's vocabulary."""
     torch.manual_seed(seed)
-    student = type(teacher)(student_config(teacher.config, sp))
-    copy_from_teacher(teacher, student, sp, layer_pairs)
-    student.bert.embeddings.word_embeddings.weight.requires_grad_(sp.train_embeddings)
+    if sp.family == "lstm":
+        student = build_bilstm(teacher, sp)
+    else:
+        student = type(teacher)(student_config(teacher.config, sp))
+        copy_from_teacher(teacher, student, sp, layer_pairs)
+    student.get_input_embeddings().weight.requires_grad_(sp.train_embeddings)
+    return student
+
+
+def build_bilstm(teacher: BertPreTrainedModel, sp: StudentParams) -> BiLSTMForSequenceClassification:
+    """A BiLSTM student of the teacher's vocabulary and labels; with init embeddings, its word
+    embeddings are the teacher's (projected onto their top principal directions when narrower)."""
+    tc = teacher.config
+    if not isinstance(teacher, BertForSequenceClassification):
+        raise UserError(f"students: family lstm classifies, and this teacher is a {type(teacher).__name__}: use a transformer student")
+    width = sp.embedding_size or tc.hidden_size
+    if sp.init == "embeddings" and width > tc.hidden_size:
+        raise UserError(f"students: init 'embeddings' needs embedding_size <= the teacher's {tc.hidden_size} (got {width}); use init: random")
+    config = BiLSTMConfig(vocab_size=tc.vocab_size, embedding_size=width, hidden_size=sp.hidden_size, num_layers=sp.num_layers,
+                          dropout=sp.hidden_dropout, num_labels=tc.num_labels, id2label=tc.id2label, label2id=tc.label2id,
+                          pad_token_id=tc.pad_token_id)
+    student = BiLSTMForSequenceClassification(config)
+    if sp.init == "embeddings":
+        words = teacher.get_input_embeddings().weight.detach()  # (V, H_t)
+        with torch.no_grad():
+            student.embeddings.weight.copy_(words if width == tc.hidden_size else words @ principal_projection(words, width))
     return student
 
 
@@ -142,11 +186,16 @@ def copy_projected_embeddings(teacher: BertPreTrainedModel, student: BertPreTrai
     W - mean(W) = U S V^T, (H_t, width); each table E becomes E @ P. The student's embedding
     LayerNorm starts fresh (it normalises a different space)."""
     t, s = teacher.bert.embeddings, student.bert.embeddings
-    words = t.word_embeddings.weight  # (V, H_t)
-    _, _, vh = torch.linalg.svd(words - words.mean(0), full_matrices=False)  # vh: (H_t, H_t)
-    proj = vh[:width].T  # (H_t, width)
+    proj = principal_projection(t.word_embeddings.weight, width)  # (H_t, width)
     for name in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
         getattr(s, name).weight.copy_(getattr(t, name).weight @ proj)
+
+
+def principal_projection(words: torch.Tensor, width: int) -> torch.Tensor:
+    """P = V[:, :width] (H_t, width) of the SVD W - mean(W) = U S V^T of word embeddings W (V, H_t):
+    E @ P keeps the `width` directions along which the words vary most."""
+    _, _, vh = torch.linalg.svd(words.detach() - words.detach().mean(0), full_matrices=False)  # vh: (H_t, H_t)
+    return vh[:width].T
 
 
 def forward(model, batch: dict[str, torch.Tensor], **kwargs):
@@ -177,7 +226,7 @@ def capture(model: BertPreTrainedModel, layers: list[int], scores: bool = False)
     """
     captured: dict[int, dict[str, torch.Tensor]] = {l: {} for l in layers}
     handles = []
-    heads = model.config.num_attention_heads
+    heads = model.config.num_attention_heads if layers else 0  # (a BiLSTM has none, and nothing is captured from it)
     for l in layers:
         attn = model.bert.encoder.layer[l - 1].attention.self
         for kind, module in (("q", attn.query), ("k", attn.key), ("v", attn.value)):
@@ -200,6 +249,10 @@ def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
     student alike: the one place the layer-numbering convention is applied."""
     if kind == "attn":
         return out.attentions[layer - 1]  # (B, H, T, T)
+    if kind == "cls":
+        if getattr(out, "pooling", None) is not None:
+            return out.pooling  # (B, T): a BiLSTM's attention-pooling row
+        return out.attentions[layer - 1][:, :, 0, :].mean(1)  # (B, T): the [CLS] query row, head-averaged
     if kind == "hidden":
         return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
     return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)

@@ -13,7 +13,7 @@ import torch
 
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES, LossConfig, resolve_layer_map
-from attnkd.models import capture, forward, layer_tensor
+from attnkd.models import FAMILY_KINDS, attention_layers, capture, forward, layer_tensor, student_width
 from attnkd.params import DistillParams, Params, StudentParams
 from attnkd.tasks import Task, get_task, raw_outputs
 
@@ -24,7 +24,8 @@ CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
     """The losses' config for a student architecture under this teacher and these distill params."""
     return LossConfig(temperature=dp.temperature, head_policy=dp.head_policy, relation_heads=dp.relation_heads, attn_mse_on=dp.attn_mse_on,
-                      student_heads=sp.num_heads, student_width=sp.hidden_size, teacher_heads=teacher_heads, teacher_width=teacher_width)
+                      student_heads=1 if sp.family == "lstm" else sp.num_heads, student_width=student_width(sp), teacher_heads=teacher_heads,
+                      teacher_width=teacher_width)
 
 
 def layer_kinds(weights: dict[str, float], cfg: LossConfig) -> set[str]:
@@ -49,19 +50,27 @@ def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
     dp = params.distill
     teacher_layers, teacher_heads, teacher_width = (teacher_config[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
     for name in dp.students:
+        if params.students[name].family == "lstm" and params.task != "classification":
+            raise UserError(f"students.{name}: family lstm classifies; task {params.task!r} needs a transformer student")
         for method, weights in params.methods.items():
             try:
                 check_compatible(weights.weights(), dp, params.students[name], teacher_heads, teacher_width)
             except UserError as e:
                 raise UserError(f"students.{name} with methods.{method}: {e}") from None
-    pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, params.students[name].num_layers)})
+    pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, attention_layers(params.students[name]))})
     return wanted_tensors([m.weights() for m in params.methods.values()], pairs, dp.attn_mse_on)
 
 
 def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int) -> None:
     """Fail at load time, naming the params key, when a loss cannot pair these models."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
+    exposed = FAMILY_KINDS[sp.family]
     for name in weights:
+        lacking = [k for k in LOSSES[name].reads(cfg) if LOSSES[name].per_layer and k not in exposed]
+        if lacking:
+            fitting = [n for n, loss in LOSSES.items() if loss.per_layer and set(loss.reads(cfg)) <= set(exposed)]
+            raise UserError(f"methods: {name} reads {', '.join(lacking)} of each mapped student layer, which a {sp.family} student "
+                            f"does not have (it has {', '.join(exposed)}); losses it can train: {', '.join(fitting)}")
         problem = LOSSES[name].check(cfg)
         if problem:
             raise UserError(problem)
@@ -81,9 +90,9 @@ class Objective(torch.nn.Module):
         self.weights, self.pairs, self.task = weights, pairs, task or get_task("classification")
         self.cfg = loss_config(dp, sp, teacher_width, teacher_heads)
         self.proj = torch.nn.ModuleDict()
-        if any(LOSSES[name].projects for name in weights) and sp.hidden_size != teacher_width:
+        if any(LOSSES[name].projects for name in weights) and student_width(sp) != teacher_width:
             for _, s in pairs:
-                self.proj[str(s)] = torch.nn.Linear(sp.hidden_size, teacher_width)
+                self.proj[str(s)] = torch.nn.Linear(student_width(sp), teacher_width)
         self.kinds = layer_kinds(weights, self.cfg)
 
     def _pair_config(self, student_layer: int) -> LossConfig:
@@ -98,7 +107,7 @@ class Objective(torch.nn.Module):
         mask = batch["attention_mask"]  # (B, T)
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
-            out = forward(student, batch, output_attentions="attn" in self.kinds, output_hidden_states="hidden" in self.kinds)
+            out = forward(student, batch, output_attentions=bool({"attn", "cls"} & self.kinds), output_hidden_states="hidden" in self.kinds)
         view_s, view_t = self.task.view(raw_outputs(self.task, out), batch), self.task.view(outputs_t, batch)  # {"logits": (R, C)}
         targets = self.task.targets(batch)  # {"labels": (R,)}
         terms: dict[str, torch.Tensor] = {}

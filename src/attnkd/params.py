@@ -115,8 +115,14 @@ class ExtractParams(Section):
 
 
 class StudentParams(Section):
+    # transformer: a BERT of the teacher's class (layers, width, heads, feed-forward as below);
+    # lstm: a BiLSTM with attention pooling (classification): num_layers LSTM layers of
+    # hidden_size units per direction over embedding_size-wide embeddings (0 = the teacher's
+    # width); num_heads and intermediate_size do not apply; init teacher does not apply.
+    family: Literal["transformer", "lstm"] = "transformer"
     num_layers: PosInt = 2
     hidden_size: PosInt = 384
+    embedding_size: Annotated[int, Field(ge=0)] = 0
     num_heads: PosInt = 12
     intermediate_size: PosInt = 1536
     # teacher: copy embeddings and the mapped teacher layers (needs the teacher's width);
@@ -131,6 +137,12 @@ class StudentParams(Section):
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> StudentParams:
+        if self.family == "lstm":
+            if self.init == "teacher":
+                raise ValueError("family lstm copies no teacher layers: init must be embeddings or random")
+            return self
+        if self.embedding_size:
+            raise ValueError("embedding_size applies to family lstm only (a transformer's embeddings are hidden_size wide)")
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
         return self

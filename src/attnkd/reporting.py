@@ -247,6 +247,14 @@ def reading(summary: dict[str, dict]) -> str:
     return text
 
 
+def student_shape(sp) -> str:
+    """A student architecture in words, as its family has it."""
+    if sp.family == "lstm":
+        return (f"BiLSTM, {sp.num_layers} layer{'s' if sp.num_layers > 1 else ''} of {sp.hidden_size} units per direction, "
+                f"embeddings {sp.embedding_size or 'of the teacher width'}, attention pooling")
+    return f"{sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
+
+
 def store_line(manifest) -> str:
     """Where the students' teacher signals came from: the store (what, how big) or the teacher run
     in distill for the tensors over the store's budget."""
@@ -324,8 +332,8 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     doc.bullets([
         f"data: {meta.source}, " + (f"{len(meta.label_names)} classes ({', '.join(meta.label_names)}); " if meta.label_names else f"task {params.task}; ")
         + f"splits: {splits}; max length {meta.max_length} tokens",
-        *(f"student `{name}`: {sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}, "
-          f"init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained") for name, sp in ((n, params.students[n]) for n in students)),
+        *(f"student `{name}`: {student_shape(sp)}, init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained")
+          for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",

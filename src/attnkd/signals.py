@@ -10,7 +10,8 @@ Layout of a store directory:
                            square kinds (attn: probabilities, scores: Q K^T / sqrt(d)) store
                            example i as (H, n_i, n_i) at offset H * sum_{j<i} n_j^2;
                            vector kinds (q, k, v: projections, hidden: layer output) store
-                           (n_i, D) at offset D * sum_{j<i} n_j.
+                           (n_i, D) at offset D * sum_{j<i} n_j; row kinds (cls: the [CLS]
+                           query's attention row, head-averaged) store (n_i,) at sum_{j<i} n_j.
 
 Tensors are ragged (no padding), so bytes grow with sum(n_i^2) or sum(n_i), not with
 N * max_len; they are stored in the configured dtype (fp16 by default; fp32; or bf16, kept as raw 16-bit
@@ -36,7 +37,8 @@ from attnkd.artifacts import FileInfo, SignalManifest, verify_files
 from attnkd.io import read_json, sha256_file
 
 FORMAT = "attnkd-signals/2"
-SQUARE = ("attn", "scores")  # (H, n, n) per example; every other kind is (n, D)
+SQUARE = ("attn", "scores")  # (H, n, n) per example
+ROW = ("cls",)  # (n,) per example; every other kind is (n, D)
 LAYER_FILE = re.compile(r"^\w+_layer\d+\.npy$")
 NP_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}  # numpy has no bfloat16: raw bits
 
@@ -58,7 +60,7 @@ def decode(x: np.ndarray, dtype: str) -> np.ndarray:
 def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarray:
     """(N + 1,) start of each example's tensor in a flat file of this kind."""
     n = lengths.astype(np.int64)
-    sizes = heads * n**2 if kind in SQUARE else width * n
+    sizes = heads * n**2 if kind in SQUARE else n if kind in ROW else width * n
     return np.concatenate([[0], np.cumsum(sizes)])
 
 
@@ -208,7 +210,7 @@ class SignalStore:
         for kind, l in keys:
             flat = self.files[(kind, l)]
             starts = self.starts[kind]
-            shape = (len(idx), self.heads, t, t) if kind in SQUARE else (len(idx), t, self.width)
+            shape = (len(idx), self.heads, t, t) if kind in SQUARE else (len(idx), t) if kind in ROW else (len(idx), t, self.width)
             x = np.zeros(shape, dtype=np.float32)
             for row, i in enumerate(idx):
                 n = int(self.lengths[i])
@@ -216,7 +218,7 @@ class SignalStore:
                 if kind in SQUARE:
                     x[row, :, :n, :n] = part.reshape(self.heads, n, n)
                 else:
-                    x[row, :n] = part.reshape(n, self.width)
+                    x[row, :n] = part.reshape(n, *x.shape[2:])
             out[(kind, l)] = torch.from_numpy(x)
         self._release()
         return outputs, out
@@ -250,7 +252,7 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]], task=None) 
 
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
-        out = forward(teacher, batch, output_attentions="attn" in wanted, output_hidden_states="hidden" in wanted)
+        out = forward(teacher, batch, output_attentions=bool({"attn", "cls"} & set(wanted)), output_hidden_states="hidden" in wanted)
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
     return {k: v.float() for k, v in raw_outputs(task or get_task("classification"), out).items()}, tensors
 

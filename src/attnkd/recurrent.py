@@ -1,0 +1,96 @@
+"""The recurrent student family: a BiLSTM with additive attention pooling and a classifier.
+
+    embeddings (V, E) -> BiLSTM (num_layers, hidden per direction) -> h (B, T, 2H)
+    e_t = v^T tanh(W h_t + b)            additive attention (Bahdanau et al. 2015) over the tokens
+    a = softmax(e over real tokens)      the pooling row (B, T): the student's one attention view
+    z = classifier(sum_t a_t h_t)        logits (B, C)
+
+It reads the teacher's tokens (the teacher's tokenizer and vocabulary), so its pooling row lines
+up with the teacher's `[CLS]`-query attention row token for token, and can start from the
+teacher's word embeddings (projected onto their top principal directions when narrower).
+Padding never changes its outputs: the LSTM runs on packed sequences and the pooling softmax
+masks padded tokens. A transformers `PreTrainedModel`, so it saves and loads like every other
+model (`save_pretrained`: safetensors + config.json, model_type `attnkd-bilstm`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from transformers import AutoConfig, PretrainedConfig, PreTrainedModel
+from transformers.utils import ModelOutput
+
+MODEL_TYPE = "attnkd-bilstm"
+
+
+class BiLSTMConfig(PretrainedConfig):
+    model_type = MODEL_TYPE
+
+    def __init__(self, vocab_size: int = 30522, embedding_size: int = 384, hidden_size: int = 256, num_layers: int = 1,
+                 dropout: float = 0.1, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size, self.embedding_size, self.hidden_size = vocab_size, embedding_size, hidden_size
+        self.num_layers, self.dropout = num_layers, dropout
+
+
+@dataclass
+class BiLSTMOutput(ModelOutput):
+    logits: torch.Tensor | None = None  # (B, C)
+    pooling: torch.Tensor | None = None  # (B, T) attention-pooling weights, 0 on padding
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (embeddings (B, T, E), BiLSTM outputs (B, T, 2H)) when asked for
+
+
+class BiLSTMForSequenceClassification(PreTrainedModel):
+    config_class = BiLSTMConfig
+    base_model_prefix = "bilstm"
+    main_input_name = "input_ids"
+
+    def __init__(self, config: BiLSTMConfig):
+        super().__init__(config)
+        self.embeddings = nn.Embedding(config.vocab_size, config.embedding_size, padding_idx=config.pad_token_id)
+        self.lstm = nn.LSTM(config.embedding_size, config.hidden_size, num_layers=config.num_layers, batch_first=True,
+                            bidirectional=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        width = 2 * config.hidden_size
+        self.attn_proj = nn.Linear(width, width)  # W, b
+        self.attn_score = nn.Linear(width, 1, bias=False)  # v
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(width, config.num_labels)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+        elif isinstance(module, nn.LSTM):
+            for name, p in module.named_parameters():
+                nn.init.orthogonal_(p) if name.startswith("weight_hh") else nn.init.xavier_uniform_(p) if name.startswith("weight") else nn.init.zeros_(p)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings = value
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
+                **_ignored) -> BiLSTMOutput:
+        """input_ids, attention_mask (B, T); token_type_ids and output_attentions are accepted
+        and ignored (one sequence, one attention view: `pooling`)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        lengths = mask.sum(1).clamp_min(1).cpu()  # (B,)
+        emb = self.dropout(self.embeddings(input_ids))  # (B, T, E)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.shape[1])  # (B, T, 2H), 0 on padding
+        scores = self.attn_score(torch.tanh(self.attn_proj(h))).squeeze(-1)  # (B, T)
+        pooling = torch.softmax(scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min), dim=-1)  # (B, T)
+        pooled = (pooling.unsqueeze(-1) * h).sum(1)  # (B, 2H)
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
+        return BiLSTMOutput(logits=logits, pooling=pooling, hidden_states=(emb, h) if output_hidden_states else None)
+
+
+AutoConfig.register(MODEL_TYPE, BiLSTMConfig)
