@@ -48,3 +48,23 @@ def test_missing_params_file(tmp_path):
 def test_methods_give_only_positive_weights():
     p = Params.model_validate({"methods": {"x": {"ce": 0.5, "attn_kl": 1.0}}})
     assert p.methods["x"].weights() == {"ce": 0.5, "attn_kl": 1.0}
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
+def test_every_profile_gives_valid_params_a_task_accepts_and_a_plan(name):
+    """A profile must start: its params validate, its task's own checks pass (SQuAD windows that
+    advance) and every student can train every method with the packaged teacher (the plan)."""
+    import json
+
+    from profiles import profile_params
+
+    from attnkd.models import resolve_init
+    from attnkd.objective import store_plan
+    from attnkd.params import PACKAGED_MODEL
+    from attnkd.tasks.squad import check_windows
+
+    params = profile_params(name)
+    if params.task == "squad":
+        check_windows(params.data)
+    teacher = json.loads((resolve_init(PACKAGED_MODEL) / "config.json").read_text())
+    store_plan(params, teacher)  # raises when a student cannot train a method

@@ -98,6 +98,12 @@ def window_stats(rows: list[Question], ws: list) -> dict:
     }
 
 
+def check_windows(dp: DataParams) -> None:
+    """Windows must advance: the stride (context tokens shared by neighbours) below half the window."""
+    if dp.doc_stride >= dp.max_length // 2:
+        raise UserError(f"params.yaml: data.doc_stride: {dp.doc_stride} must be below half of data.max_length ({dp.max_length}), or windows barely advance")
+
+
 class Squad:
     name = "squad"
     select_by = "f1"
@@ -115,8 +121,7 @@ class Squad:
         splits.test file (`split_by_article`), train the training file and the rest; one row per
         window with its question id, gold answers, context and token offsets."""
         dp = params.data
-        if dp.doc_stride >= dp.max_length // 2:
-            raise UserError(f"params.yaml: data.doc_stride: {dp.doc_stride} must be below half of data.max_length ({dp.max_length}), or windows barely advance")
+        check_windows(dp)
         read, origin = read_questions(dp, root)
         given_validation = "validation" in read
         splits = split_by_article(read["test"], read["train"], dp.test_questions, 0 if given_validation else dp.validation_questions, params.seed)
