@@ -85,6 +85,27 @@ def test_paired_bootstrap_interval_and_p_match_the_normal_approximation_over_exa
     assert test.delta == pytest.approx(15 / 800)
     assert (test.high - test.low) / 2 == pytest.approx(1.96 * se, rel=0.08)
     assert test.p_value == pytest.approx(2 * (1 - 0.5 * (1 + math.erf(test.delta / se / math.sqrt(2)))), abs=0.03)
+    assert test.se == pytest.approx(se, rel=0.05)
+    assert test.detectable == pytest.approx((1.959964 + 0.841621) * se, rel=0.05)  # 2.80 SE: 80% power at the 5% level
+
+
+def test_the_detectable_difference_is_found_four_times_in_five():
+    """Power, simulated: paired differences d in {-1, 0, +1} on 400 examples with a true mean of
+    the run's own `detectable`, drawn afresh 200 times, come out significant about 80% of the time
+    (with 1.96 SE instead of 2.80 SE it would be about 50%)."""
+    rng = np.random.default_rng(1)
+    n, flips = 400, 0.3  # 30% of the examples differ between the two models
+
+    def run(mean: float, seed: int):
+        up = rng.random(n) < flips * (0.5 + mean / (2 * flips))  # P(d = +1) = (flips + mean) / 2
+        down = ~up & (rng.random(n) < flips * (0.5 - mean / (2 * flips)) / (1 - flips * (0.5 + mean / (2 * flips))))
+        a, b = np.ones((1, n), int), np.ones((1, n), int)
+        a[0, down], b[0, up] = 0, 0
+        return paired_bootstrap(a, b, 400, seed=seed)
+
+    detectable = run(0.0, 0).detectable
+    hits = [run(detectable, s).p_value < 0.05 for s in range(200)]
+    assert 0.7 < np.mean(hits) < 0.9
 
 
 def test_paired_bootstrap_resamples_seeds():
@@ -142,11 +163,12 @@ def test_document_renders_the_same_content_as_markdown_and_html():
 def test_the_reading_names_only_rows_whose_interval_excludes_zero():
     from attnkd.reporting import reading
 
-    summary = {"teacher": {}, "ce": {}, "kd": {"vs_ce": {"delta": 0.021, "ci_low": 0.004, "ci_high": 0.04, "p_value": 0.012}},
-               "at": {"vs_ce": {"delta": 0.002, "ci_low": -0.03, "ci_high": 0.03, "p_value": 0.9}}}
+    summary = {"teacher": {}, "ce": {}, "kd": {"vs_ce": {"delta": 0.021, "ci_low": 0.004, "ci_high": 0.04, "p_value": 0.012, "detectable": 0.026}},
+               "at": {"vs_ce": {"delta": 0.002, "ci_low": -0.03, "ci_high": 0.03, "p_value": 0.9, "detectable": 0.043}}}
     text = reading(summary)
     assert "excludes 0): kd (+2.1 points, p 0.012)." in text and "For at the interval contains 0" in text
+    assert "only differences of at least 4.3 points for at" in text and "for kd" not in text  # what this run could tell
     assert reading({"teacher": {}, "ce": {}}) == ""
     assert "excludes 0): none." in reading({"at": summary["at"]})
-    worse = {"kd_at": {"vs_ce": {"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01, "p_value": 0.004}}}
+    worse = {"kd_at": {"vs_ce": {"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01, "p_value": 0.004, "detectable": 0.028}}}
     assert "excludes 0): kd_at (-3.0 points, p 0.004)." in reading(worse)  # an interval below 0 counts too

@@ -62,7 +62,8 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
         base = (baselines or {}).get(method, BASELINE)
         if method not in ("teacher", base) and base in groups and len(models) > 1:
             test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[base]]), samples)
-            s["vs_ce"] = {"delta": round(test.delta, 6), "ci_low": round(test.low, 6), "ci_high": round(test.high, 6), "p_value": round(test.p_value, 6)}
+            s["vs_ce"] = {"delta": round(test.delta, 6), "ci_low": round(test.low, 6), "ci_high": round(test.high, 6), "p_value": round(test.p_value, 6),
+                          "detectable": round(test.detectable, 6)}
         out[method] = s
     return out
 
@@ -104,6 +105,7 @@ def quality_table(summary: dict[str, dict], digits: int, labels: dict[str, str] 
             f"{short} kept %": f"{s[f'{main}_kept_pct']:.1f}",
             f"Δ {short} vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
             "p vs ce": f"{vs['p_value']:.3g}" if vs else "-",
+            "detectable Δ, points": f"{100 * vs['detectable']:.1f}" if vs else "-",
         })
     return pd.DataFrame(rows)
 
@@ -244,6 +246,11 @@ def reading(summary: dict[str, dict]) -> str:
     if rest:
         text += (f" For {', '.join(rest)} the interval contains 0: this run cannot rank them against `{BASELINE}`, and a re-run on another "
                  "machine, or with other seeds, may flip the sign of Δ.")
+        small = [row for row in rest if abs(compared[row]["delta"]) < compared[row]["detectable"]]
+        if small:
+            text += (" This run cannot tell differences of that size: it detects (with 80% power, at the 5% level) only differences of at least "
+                     + ", ".join(f"{100 * compared[row]['detectable']:.1f} points for {row}" for row in small)
+                     + " (the column 'detectable Δ'); more test examples or seeds shrink it, roughly as one over their square root.")
     return text
 
 

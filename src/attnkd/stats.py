@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# z_{1 - 0.05/2} + z_{0.80}: a true difference this many standard errors from 0 is found
+# significant (two-sided, 5% level) four times in five
+Z_DETECT = 1.959964 + 0.841621
+
 
 @dataclass(frozen=True)
 class Paired:
@@ -13,6 +17,14 @@ class Paired:
     low: float  # 95% bootstrap interval of the difference
     high: float
     p_value: float  # two-sided, H0: no difference
+    se: float  # standard error of the difference: the spread (std) of the resampled differences
+
+    @property
+    def detectable(self) -> float:
+        """The smallest true difference this run finds significant with 80% power (two-sided,
+        5% level), under a normal approximation of the bootstrap: (z_0.975 + z_0.8) * se.
+        A difference smaller than this, significant or not, is one this run cannot reliably tell."""
+        return Z_DETECT * self.se
 
 
 def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int, seed: int = 0) -> Paired:
@@ -37,7 +49,7 @@ def paired_bootstrap(correct_a: np.ndarray, correct_b: np.ndarray, samples: int,
     observed = float(d.mean())
     extreme = np.sum(np.abs(deltas - observed) >= abs(observed) - 1e-12)
     low, high = np.quantile(deltas, [0.025, 0.975])
-    return Paired(observed, float(low), float(high), float((extreme + 1) / (samples + 1)))
+    return Paired(observed, float(low), float(high), float((extreme + 1) / (samples + 1)), float(deltas.std(ddof=1)))
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
