@@ -10,6 +10,8 @@ differ only in their loss weights.
 from __future__ import annotations
 
 
+from pathlib import Path
+
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.compute import finish, start
@@ -31,6 +33,7 @@ def main() -> None:
     p.add_argument("--student", required=True, help="a name in distill.students (its architecture: students.<name>)")
     p.add_argument("--method", required=True, help="a key of `methods` in params")
     p.add_argument("--seed", type=int, required=True, help="student seed (initialisation and data order), one of student_seeds")
+    p.add_argument("--transfer", type=Path, help="the transfer set dir written by augment (unlabelled rows after the training split)")
     args = p.parse_args()
     params = setup(args.params)
     if args.method not in params.methods:
@@ -44,17 +47,19 @@ def main() -> None:
     name = student_name(args.student, args.method, args.seed)
 
     meta = data.load_meta(args.prepared)
-    train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
+    training, val = data.load_training(args.prepared, args.transfer), data.load_split(args.prepared, "validation")
     teacher, tokenizer = load_model(args.teacher, get_task(params.task)), load_tokenizer(args.teacher)
     inputs = {"prepared": meta.model_dump()["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
     online = params.distill.signals == "online"
-    expect = StoreInputs(meta.splits["train"].inputs_sha256, inputs["teacher_sha256"], len(train))
+    expect = StoreInputs(data.ids_digest(training.input_ids), inputs["teacher_sha256"], len(training))
     run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
                    None if online else SignalStore(args.signal_store), expect)
     if run.live:  # tensors the store left out (over extract.max_gb): the teacher computes them on every batch
         run.teacher.to(compute.device)
         print(f"distill {name}: {run.live} from the teacher on every batch (over the store's extract.max_gb)")
     del teacher  # in store mode only its weights for initialisation were needed, unless run.live
+    train = run.rows(training)  # gold rows only for a method that reads nothing of the teacher
+    run.record["examples"] = {"labelled": int(train.labelled.sum()), "unlabelled": int((~train.labelled).sum())}
 
     ckpt = Checkpoints.beside(args.out, run.record | inputs, params.distill.checkpoint_every)
     resume = ckpt.load()

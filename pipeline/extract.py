@@ -23,6 +23,7 @@ from attnkd.tasks import get_task
 def main() -> None:
     p = parser(__doc__, prepared="prepared data dir", teacher="teacher model dir", out="signal store dir")
     p.add_argument("--plan", type=Path, help="the tensors to store, written by the plan stage (default: worked out from params)")
+    p.add_argument("--transfer", type=Path, help="the transfer set dir written by augment: its rows are labelled after the training split's")
     args = p.parse_args()
     params = setup(args.params)
     compute = start(params.compute.device, params.compute.precision)
@@ -30,7 +31,7 @@ def main() -> None:
         raise UserError("extract runs in one process (it is one pass of the teacher); start it without torchrun")
 
     meta = data.load_meta(args.prepared)
-    train = data.load_split(args.prepared, "train")
+    train = data.load_training(args.prepared, args.transfer)  # the training split, then the transfer set
     task = get_task(params.task)
     model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
@@ -40,7 +41,7 @@ def main() -> None:
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(args.teacher)),
-        "inputs_sha256": meta.splits["train"].inputs_sha256,
+        "inputs_sha256": data.ids_digest(train.input_ids),
         "max_length": meta.max_length,
         "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
     } | ({"online": online, "max_bytes": max_bytes} if online else {})

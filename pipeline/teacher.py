@@ -9,6 +9,8 @@ Runs on compute.device at compute.precision; under torchrun, data-parallel over 
 from __future__ import annotations
 
 
+import numpy as np
+
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.errors import run_stage
@@ -29,12 +31,15 @@ def main() -> None:
 
     meta = data.load_meta(args.prepared)
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
+    if not train.labelled.all():  # few labels: the teacher learns from the gold rows only
+        train = train.take(np.flatnonzero(train.labelled))
     init = resolve_init(tp.init)
     tokenizer = load_tokenizer(init)
     task = get_task(params.task)
     model = load_model(init, task, head=task.head_config(meta))
 
-    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta.label_names}
+    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta.label_names,
+              "examples": {"labelled": len(train), "unlabelled": 0}}
     ckpt = Checkpoints.beside(args.out, record | {"inputs": meta.model_dump()["splits"]}, tp.checkpoint_every)
     resume = ckpt.load()
     logged = {"seed": params.seed, "teacher": tp.model_dump(), "compute": compute.describe(tp.batch_size, tp.learning_rate)}

@@ -145,14 +145,15 @@ def run_pipeline(root: Path, params: Path) -> None:
     prepared, teacher = root / "prepared", root / "models/teacher"
     try:
         assert run_script("prepare", *p, "--out", prepared, "--report", root / "data.json") == 0
+        assert run_script("augment", *p, "--prepared", prepared, "--out", root / "transfer") == 0
         assert run_script("teacher", *p, "--prepared", prepared, "--out", teacher, "--metrics", root / "train/teacher.json", "--curve", root / "curves/teacher.tsv") == 0
         assert run_script("plan", *p, "--teacher", teacher, "--out", root / "plan.json") == 0
-        assert run_script("extract", *p, "--prepared", prepared, "--teacher", teacher, "--plan", root / "plan.json", "--out", root / "signals") == 0
+        assert run_script("extract", *p, "--prepared", prepared, "--transfer", root / "transfer", "--teacher", teacher, "--plan", root / "plan.json", "--out", root / "signals") == 0
         for student in doc["distill"]["students"]:
             for m in doc["methods"]:
                 for seed in doc["student_seeds"]:
                     name = f"{student}-{m}-s{seed}"
-                    assert run_script("distill", *p, "--student", student, "--method", m, "--seed", seed, "--prepared", prepared, "--teacher", teacher,
+                    assert run_script("distill", *p, "--student", student, "--method", m, "--seed", seed, "--prepared", prepared, "--transfer", root / "transfer", "--teacher", teacher,
                                       "--signal-store", root / "signals", "--out", root / f"students/{name}", "--metrics", root / f"train/{name}.json",
                                       "--curve", root / f"curves/{name}.tsv") == 0
         assert run_script("evaluate", *p, "--prepared", prepared, "--teacher", teacher, "--students", root / "students",

@@ -16,6 +16,16 @@ def test_ce_matches_hand_value():
     assert ce_loss(logits, labels).item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_ce_averages_over_gold_rows_only():
+    """Label -1 (an unlabelled or transfer-set row) adds nothing; a batch of such rows gives 0."""
+    logits = torch.tensor([[2.0, 0.0], [0.0, 0.0], [5.0, -5.0]], requires_grad=True)
+    expected = (math.log(1 + math.exp(-2)) + math.log(2)) / 2  # the two gold rows, as above
+    assert ce_loss(logits, torch.tensor([0, 1, -1])).item() == pytest.approx(expected, abs=1e-6)
+    none = ce_loss(logits, torch.tensor([-1, -1, -1]))
+    none.backward()
+    assert none.item() == 0.0 and logits.grad.abs().sum() == 0
+
+
 def test_kd_matches_hand_value():
     s = torch.tensor([[0.0, 0.0]])
     t = torch.tensor([[2.0, 0.0]])

@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from profiles import command, load_profile, merge
-from conftest import run_pipeline, run_script, shared_data, tiny_params
+from attnkd.params import load_params
+from conftest import REPO, run_pipeline, run_script, shared_data, tiny_params
 
 
 def glue_slice(dst: Path, name: str, rows: int) -> Path:
@@ -80,6 +81,20 @@ def test_profile_command_round_trips_every_value_through_yaml():
     assert yaml.safe_load(pairs["data.text_column"]) == "#1 String"
     assert yaml.safe_load(pairs["data.splits.validation"]) == ""
     assert yaml.safe_load(pairs["data.label_names"]) == ["not_paraphrase", "paraphrase"]
+
+
+@pytest.mark.parametrize("name", sorted(p.stem for p in (REPO / "profiles").glob("*.yaml")))
+def test_the_profile_command_gives_dvc_the_profiles_params(tmp_path, name):
+    """DVC's own override code applied to params.yaml with the printed -S arguments gives exactly the
+    params of profile_params (a profile's `methods` replaces the default set: `~methods.at`)."""
+    from dvc.utils.hydra import apply_overrides
+    from profiles import profile_params
+
+    path = tmp_path / "params.yaml"
+    path.write_text((REPO / "params.yaml").read_text())
+    cmd = command(name, [])
+    apply_overrides(str(path), cmd[6::2])
+    assert load_params(path) == profile_params(name)
 
 
 # ---- formats, pairs, report ----------------------------------------------------------------

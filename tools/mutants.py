@@ -82,6 +82,16 @@ MUTANTS = [
             "return ((logits_s.float() - logits_t.detach().float()) ** 2).mean()")),
     *group("src/attnkd/metrics.py", ("tests/test_recurrent.py",),
            ("agreement_pooling_against_the_first_head", "att_t[t_layer - 1][:, :, 0, :].double().mean(1)", "att_t[t_layer - 1][:, 0, 0, :].double()")),
+    # few labels and the transfer set
+    *group("pipeline/augment.py", ("tests/test_transfer.py",),
+           ("transfer_rows_get_a_gold_label", "[data.UNLABELLED] * len(out_t)", "[0] * len(out_t)")),
+    *group("pipeline/teacher.py", ("tests/test_transfer.py",),
+           ("teacher_trains_on_unlabelled_rows", "if not train.labelled.all():", "if False:")),
+    *group("src/attnkd/augment.py", ("tests/test_transfer.py",),
+           ("mask_rate_doubled", "if x < ap.mask_p:", "if x < 2 * ap.mask_p:"),
+           ("neighbour_is_the_word_itself", "sims[torch.arange(len(chunk)), rows] = -2.0  # not itself", "pass")),
+    *group("src/attnkd/distillation.py", ("tests/test_transfer.py",),
+           ("ce_trains_on_transfer_rows", "return training if self.reads_teacher else", "return training if True else")),
     # statistics
     *group("src/attnkd/stats.py", STATS_TESTS,
            ("bootstrap_resamples_seeds_only", "example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)",

@@ -6,7 +6,9 @@
 
 A profile is a YAML file in profiles/ with the params sections it changes; every key becomes one
 `-S key=value`, with the value written as YAML so DVC reads it back unchanged (`-S ++key=value`
-for a key params.yaml does not have, such as a new entry of `students`).
+for a key params.yaml does not have, such as a new entry of `students`). A profile's `methods`
+is the whole set of methods: params.yaml's other methods, and weights a method of both does not
+give, are removed (`-S ~methods.at`).
 """
 
 from __future__ import annotations
@@ -35,11 +37,16 @@ def load_profile(name: str) -> dict:
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
-def merge(base: dict, profile: dict) -> dict:
-    """A params dict with the profile's keys applied (what `dvc exp run -S` does)."""
+REPLACED = ("methods",)  # sections a profile gives whole: a set of named entries, not defaults to merge into
+
+
+def merge(base: dict, profile: dict, top: bool = True) -> dict:
+    """A params dict with the profile's keys applied (what `dvc exp run -S` does); a section of
+    REPLACED is taken from the profile as it is."""
     out = dict(base)
     for key, value in profile.items():
-        out[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        replaced = top and key in REPLACED
+        out[key] = merge(base.get(key, {}), value, top=False) if isinstance(value, dict) and not replaced else value
     return out
 
 
@@ -50,10 +57,21 @@ def profile_params(name: str) -> Params:
 
 
 def overrides(profile: dict, base: dict) -> list[str]:
-    """`key=value` per leaf of the profile; `++key=value` for a key params.yaml lacks (a new student)."""
-    known = flatten(base)
-    return [f"{'' if key in known else '++'}{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
-            for key, value in flatten(profile).items()]
+    """`key=value` per leaf of the profile; `++key=value` for a key params.yaml lacks (a new student);
+    `~key` for what a REPLACED section of params.yaml has and the profile's lacks (a whole method,
+    or one weight of a method both have)."""
+    known, given = flatten(base), flatten(profile)
+    removed = []
+    for section in REPLACED:
+        if section not in profile:
+            continue
+        for name, entry in base.get(section, {}).items():
+            if name not in profile[section]:
+                removed.append(f"~{section}.{name}")
+            else:
+                removed += [f"~{key}" for key in flatten({section: {name: entry}}) if key not in given]
+    return removed + [f"{'' if key in known else '++'}{key}={yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix('...').strip()}"
+                      for key, value in given.items()]
 
 
 def quote(arg: str) -> str:

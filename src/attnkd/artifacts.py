@@ -7,6 +7,7 @@ same way for every artifact (prepared splits, model dirs, the signal store).
     PreparedMeta     data/prepared/meta.json     label names, max length, per split its size and digests
     ModelRecord      <model dir>/attnkd.json     what built a model, and the sha256 of its files
     SignalManifest   data/signals/manifest.json  what the store holds, how, from which inputs
+    TransferMeta     data/transfer/transfer.json the transfer set: how it was made, its size and digests
 """
 
 from __future__ import annotations
@@ -87,6 +88,7 @@ class ModelRecord(Artifact):
     architecture: dict | None = None
     distill: dict | None = None
     layer_pairs: list[tuple[int, int]] | None = None
+    examples: dict[str, int] | None = None  # training rows it saw per epoch: {"labelled": n, "unlabelled": m}
 
 
 class FileInfo(BaseModel):
@@ -116,3 +118,16 @@ class SignalManifest(Artifact):
     teacher_precision: str | None = None
     online: dict[str, list[int]] | None = None  # planned tensors over the size budget: distill runs the teacher for them
     max_bytes: int | None = None  # the size budget of the layer tensors, when some were left to distill
+
+
+class TransferMeta(Artifact):
+    """The transfer set written by augment: unlabelled rows the teacher labels in extract."""
+
+    FILE: ClassVar[str] = "transfer.json"
+    RERUN: ClassVar[str] = "re-run `dvc repro augment`"
+    rows: int  # in transfer.parquet
+    texts: int  # training texts they were made from
+    rules: dict[str, int]  # words masked / substituted, variants cut to an n-gram
+    train_inputs_sha256: str  # of the prepared training split it was made from
+    split: SplitInfo  # the transfer rows: count, token-id digest, sha256 of transfer.parquet
+

@@ -22,6 +22,7 @@ from attnkd.errors import UserError
 from attnkd.artifacts import PreparedMeta, verify_files
 
 SPLITS = ("train", "validation", "test")
+UNLABELLED = -1  # the label of a training row without a gold label (few labels, the transfer set): only the teacher labels it
 STANDARD_COLUMNS = ("text", "text_pair", "label", "input_ids", "token_type_ids")  # every task's; a task may add its own
 INTEGER = re.compile(r"^-?\d+$")
 
@@ -108,6 +109,18 @@ def complete_splits(splits: dict[str, pd.DataFrame], val_fraction: float, test_f
     return {name: part.sort_index().reset_index(drop=True) for name, part in zip(SPLITS, (train, val, test))}
 
 
+def keep_labels(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame:
+    """Few labels: per class, round(fraction x its rows) rows (at least one) keep their label,
+    drawn with the seed; every other row's label becomes UNLABELLED. Row order is kept."""
+    rng = np.random.default_rng(seed)
+    keep = np.zeros(len(train), dtype=bool)
+    labels = train["label"].to_numpy()
+    for c in np.unique(labels):
+        rows = np.flatnonzero(labels == c)
+        keep[rng.choice(rows, max(1, round(fraction * len(rows))), replace=False)] = True
+    return train.assign(label=np.where(keep, labels, UNLABELLED))
+
+
 @dataclass(frozen=True)
 class Encoded:
     input_ids: list[list[int]]  # truncated to max_length, special tokens included
@@ -117,6 +130,8 @@ class Encoded:
 
 def tokenize(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int) -> Encoded:
     """Encode single texts or text pairs (the tokenizer's pair encoding, longest text truncated first)."""
+    if not texts:
+        return Encoded([], [], np.zeros(0, dtype=np.int64))
     enc = tokenizer(texts, pairs, truncation=True, max_length=max_length, add_special_tokens=True, return_token_type_ids=True)
     full = tokenizer(texts, pairs, truncation=False, add_special_tokens=True, return_attention_mask=False, verbose=False)
     return Encoded(
@@ -156,6 +171,40 @@ class Split:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def take(self, idx: np.ndarray) -> Split:
+        """The examples at `idx`, in that order."""
+        pick = lambda xs: [xs[i] for i in idx]  # noqa: E731
+        return Split(pick(self.input_ids), self.labels[idx], None if self.type_ids is None else pick(self.type_ids),
+                     None if self.extra is None else {k: v[idx] for k, v in self.extra.items()})
+
+    @property
+    def labelled(self) -> np.ndarray:
+        """(N,) True where the example has a gold label."""
+        return self.labels != UNLABELLED if self.labels.ndim == 1 else np.ones(len(self), dtype=bool)
+
+
+def concat(a: Split, b: Split) -> Split:
+    """The examples of a, then those of b (standard columns only)."""
+    if len(b) == 0:
+        return a
+    types = None if a.type_ids is None and b.type_ids is None else [
+        *(a.type_ids or [np.zeros(len(x), np.int32) for x in a.input_ids]), *(b.type_ids or [np.zeros(len(x), np.int32) for x in b.input_ids])]
+    return Split([*a.input_ids, *b.input_ids], np.concatenate([a.labels, b.labels]), types)
+
+
+def load_training(prepared: Path, transfer: Path | None) -> Split:
+    """What extract and distill train on: the prepared training split, then the transfer set's
+    rows (unlabelled) when `transfer` is given. The signal store's rows are in this order."""
+    train = load_split(prepared, "train")
+    if transfer is None:
+        return train
+    from attnkd.artifacts import TransferMeta
+
+    meta = TransferMeta.read(transfer)
+    if meta.train_inputs_sha256 != load_meta(prepared).splits["train"].inputs_sha256:
+        raise UserError(f"{Path(transfer) / TransferMeta.FILE}: made from another training split; re-run `dvc repro augment`")
+    return concat(train, read_split_file(Path(transfer) / "transfer.parquet", meta.split.sha256, TransferMeta.FILE, TransferMeta.RERUN))
+
 
 def write_split(path: Path, texts: list[str], pairs: list[str], labels: list, enc: Encoded) -> None:
     """One prepared split as Parquet: text, text_pair, label (int64: a class id, or a list such as
@@ -181,7 +230,14 @@ def load_split(prepared: Path, split: str) -> Split:
     meta = load_meta(prepared)
     if split not in meta.splits:
         raise UserError(f"{Path(prepared) / 'meta.json'}: no sha256 for split {split!r}; re-run `dvc repro prepare`")
-    verify_files(prepared, {path.name: meta.splits[split].sha256}, "meta.json", "re-run `dvc repro prepare`")
+    return read_split_file(path, meta.splits[split].sha256, "meta.json", "re-run `dvc repro prepare`")
+
+
+def read_split_file(path: Path, sha256: str, listed_in: str, rerun: str) -> Split:
+    """A split's Parquet file (written by write_split), checked against its sha256."""
+    if not path.is_file():
+        raise UserError(f"{path}: not found; {rerun}")
+    verify_files(path.parent, {path.name: sha256}, listed_in, rerun)
     try:
         extras = [c for c in pq.read_schema(path).names if c not in STANDARD_COLUMNS]
         df = pd.read_parquet(path, columns=["label", "input_ids", "token_type_ids", *(["text", "text_pair", *extras] if extras else [])])

@@ -15,8 +15,9 @@ from functools import cached_property
 import numpy as np
 import torch
 
+from attnkd.data import Split
 from attnkd.errors import UserError
-from attnkd.losses import resolve_layer_map
+from attnkd.losses import LOSSES, resolve_layer_map
 from attnkd.models import attention_layers, build_student
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.params import Params
@@ -47,6 +48,17 @@ class DistillRun:
     live: dict[str, list[int]] = field(default_factory=dict)  # of `wanted`, what the store left to the teacher (over its size budget)
     teacher: torch.nn.Module | None = None  # run on every batch for `live`
 
+    @property
+    def reads_teacher(self) -> bool:
+        """Whether the method has a loss on the teacher's signals (else it trains on gold rows only)."""
+        return any(not LOSSES[name].gold for name in self.record["weights"])
+
+    def rows(self, training: Split) -> Split:
+        """The rows the method trains on: all of `training` (in the store's order) when it reads the
+        teacher; only the gold-labelled ones when it does not (ce alone: unlabelled rows would add
+        nothing but steps)."""
+        return training if self.reads_teacher else training.take(np.flatnonzero(training.labelled))
+
     @cached_property
     def from_source(self) -> dict[str, list[int]]:
         """What the method reads from `source`: `wanted` less `live`."""
@@ -55,6 +67,8 @@ class DistillRun:
     def step_loss(self, model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The teacher's signals for the batch (store or online; a store's over-budget tensors
         from the teacher now), then the method's objective."""
+        if not self.reads_teacher:
+            return self.objective(model, batch, {}, {})
         outputs_t, tensors_t = teacher_batch(self.source, idx, batch, self.from_source, self.task)  # {"logits": (B, C)}, {(kind, layer): ...}
         if self.live:
             tensors_t |= online_batch(self.teacher, batch, self.live, self.task)[1]

@@ -17,8 +17,15 @@ from attnkd.errors import UserError
 
 
 def ce_loss(logits_s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Hard-label cross-entropy, mean over the batch. logits_s (B, C), labels (B,)."""
-    return F.cross_entropy(logits_s, labels)
+    """Hard-label cross-entropy, mean over the rows with a gold label. A label of -1 marks a row
+    without one (few labels, the transfer set): it adds nothing, and a batch of such rows gives 0.
+    logits_s (B, C), labels (B,)."""
+    gold = labels >= 0  # (B,)
+    if bool(gold.all()):
+        return F.cross_entropy(logits_s, labels)
+    if not bool(gold.any()):
+        return logits_s.sum() * 0.0
+    return F.cross_entropy(logits_s[gold], labels[gold])
 
 
 def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:

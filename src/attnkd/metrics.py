@@ -181,10 +181,11 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
 
 
 def model_identity(name: str, record: ModelRecord | None, teacher_seed: int) -> dict:
-    """Which model a metrics file is about: the teacher, or a student's architecture, method and seed."""
+    """Which model a metrics file is about: the teacher, or a student's architecture, method and
+    seed; and the training rows it saw per epoch (labelled, unlabelled), when its record says."""
     student = record if record is not None and record.role == "student" else None
     return {"model": name, "student": student.student if student else "teacher", "method": student.method if student else "teacher",
-            "seed": student.seed if student else teacher_seed}
+            "seed": student.seed if student else teacher_seed} | ({"examples": record.examples} if record is not None and record.examples else {})
 
 
 def model_size(model, model_dir: Path) -> dict:

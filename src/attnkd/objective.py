@@ -108,7 +108,8 @@ class Objective(torch.nn.Module):
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
             out = forward(student, batch, output_attentions=bool({"attn", "cls"} & self.kinds), output_hidden_states="hidden" in self.kinds)
-        view_s, view_t = self.task.view(raw_outputs(self.task, out), batch), self.task.view(outputs_t, batch)  # {"logits": (R, C)}
+        view_s = self.task.view(raw_outputs(self.task, out), batch)  # {"logits": (R, C)}
+        view_t = self.task.view(outputs_t, batch) if outputs_t else {}  # none for a method of gold losses only
         targets = self.task.targets(batch)  # {"labels": (R,)}
         terms: dict[str, torch.Tensor] = {}
         per_pair: dict[str, torch.Tensor] = {}

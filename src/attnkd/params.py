@@ -73,6 +73,9 @@ class DataParams(Section):
     test_questions: PosInt = 2500
     validation_questions: PosInt = 500
     train_questions: Annotated[int, Field(ge=0)] = 0
+    # few labels: the share of training rows that keep their gold label (stratified per class, at
+    # least one each, drawn with the seed); the rest stay as unlabelled text the teacher labels
+    labelled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
@@ -86,6 +89,25 @@ class DataParams(Section):
             raise ValueError("source hub needs data.splits.train (the hub's split name, e.g. train)")
         if self.text_pair_column and self.text_pair_column == self.text_column:
             raise ValueError("data.text_pair_column must differ from data.text_column")
+        return self
+
+
+class AugmentParams(Section):
+    """The transfer set (stage augment, Tang et al. 2019): `copies` unlabelled variants of every
+    training text, labelled by the teacher in extract. Per word: [MASK] with mask_p, else its
+    nearest neighbour in the teacher's word-embedding space with substitute_p; then, with
+    ngram_p, the variant is cut to a random n-gram of 1..ngram_max words."""
+
+    copies: Annotated[int, Field(ge=0)] = 0  # variants per training text; 0 = no transfer set
+    mask_p: Annotated[float, Field(ge=0, le=1)] = 0.1
+    substitute_p: Annotated[float, Field(ge=0, le=1)] = 0.1
+    ngram_p: Annotated[float, Field(ge=0, le=1)] = 0.25
+    ngram_max: PosInt = 5
+
+    @model_validator(mode="after")
+    def _word_rates(self) -> AugmentParams:
+        if self.mask_p + self.substitute_p > 1:
+            raise ValueError("mask_p + substitute_p must not exceed 1 (each word is masked, substituted or kept)")
         return self
 
 
@@ -235,6 +257,7 @@ class Params(Section):
     seed: Seed = 42  # splits and the teacher
     student_seeds: Annotated[list[Seed], Field(min_length=1), distinct("seed")] = [42, 43, 44]  # one student per seed and method
     data: DataParams = DataParams()
+    augment: AugmentParams = AugmentParams()
     teacher: TeacherParams = TeacherParams()
     extract: ExtractParams = ExtractParams()
     students: dict[StudentName, StudentParams] = {"small": StudentParams(intermediate_size=768, init="embeddings", train_embeddings=False)}  # architectures by name; distill.students picks
@@ -265,6 +288,12 @@ class Params(Section):
             if name == "teacher" or not name.replace("_", "").isalnum():
                 raise ValueError(f"method name {name!r} must be letters, digits or _ and not 'teacher'")
         return methods
+
+    @model_validator(mode="after")
+    def _transfer_for_classification(self) -> Params:
+        if self.task != "classification" and (self.augment.copies or self.data.labelled_fraction < 1):
+            raise ValueError(f"augment.copies and data.labelled_fraction (a transfer set) apply to task classification, not {self.task!r}")
+        return self
 
     @model_validator(mode="after")
     def _students_defined(self) -> Params:

@@ -52,6 +52,8 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
             if key in rows[0]:
                 s[key] = _stat([r[key] for r in rows])
         s["params"] = rows[0]["params"]
+        if "examples" in rows[0]:
+            s["examples"] = rows[0]["examples"]
         s["size_mb"] = rows[0]["size_mb"]
         s["speed_up"] = round(teacher["latency_ms"] / s["latency_ms"]["mean"], 4)
         s[f"{main}_kept_pct"] = round(100.0 * s[main]["mean"] / teacher[main], 4)
@@ -156,7 +158,7 @@ def data_table(report: dict) -> pd.DataFrame:
                 "empty": s.get("dropped_empty_text", "-"),
                 "no label": s.get("dropped_missing_label", "-"),
                 "duplicates": s.get("dropped_duplicates", "-"),
-                "classes": ", ".join(f"{k} {v}" for k, v in s["class_counts"].items()),
+                "classes": ", ".join(f"{k} {v}" for k, v in s["class_counts"].items()) + (f", unlabelled {s['unlabelled']}" if "unlabelled" in s else ""),
                 "tokens p50/p95/max": f"{s['tokens_p50']}/{s['tokens_p95']}/{s['tokens_max']}",
                 "truncated": f"{100 * s['truncated_fraction']:.1f}%",
             }
@@ -262,6 +264,20 @@ def student_shape(sp) -> str:
     return f"{sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
 
 
+def examples_line(summary: dict[str, dict], params) -> str:
+    """Few labels and the transfer set: how many training rows each row of the report saw per
+    epoch, gold-labelled and unlabelled (labelled by the teacher only)."""
+    ap, frac = params.augment, params.data.labelled_fraction
+    made = []
+    if frac < 1:
+        made.append(f"{100 * frac:g}% of the training rows keep their gold label (`data.labelled_fraction`), the rest are unlabelled text")
+    if ap.copies:
+        made.append(f"a transfer set of {ap.copies} variant(s) per training text (mask {ap.mask_p:g}, substitute {ap.substitute_p:g}, "
+                    f"n-gram {ap.ngram_p:g} up to {ap.ngram_max} words)")
+    seen = "; ".join(f"{row} {s['examples']['labelled']:,} + {s['examples']['unlabelled']:,}" for row, s in summary.items() if "examples" in s)
+    return (("; ".join(made) + ". ") if made else "") + f"Training rows per epoch, gold-labelled + unlabelled (teacher-labelled): {seen}"
+
+
 def store_line(manifest) -> str:
     """Where the students' teacher signals came from: the store (what, how big) or the teacher run
     in distill for the tensors over the store's budget."""
@@ -345,6 +361,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
         *([store_line(store)] if store is not None else []),
+        *([examples_line(summary, params)] if any(s.get("examples", {}).get("unlabelled") for s in summary.values()) else []),
         *(f"`{m}`: " + ", ".join(f"{k} {v:g}" for k, v in params.methods[m].weights().items()) for m in methods),
     ])
 

@@ -97,6 +97,8 @@ class Classification:
             cleaned["train"], overlap = data.drop_seen_in_eval(cleaned["train"], evals)
         report["train_rows_also_in_evaluation"] = {"count": overlap, "removed": dp.drop_eval_overlap}
         splits = data.complete_splits(cleaned, dp.val_fraction, dp.test_fraction, params.seed, train_where)
+        if dp.labelled_fraction < 1:  # few labels: the rest of the training rows stay as unlabelled text
+            splits["train"] = data.keep_labels(splits["train"], dp.labelled_fraction, params.seed)
         carved = [k for k in splits if k not in raw]
 
         tokenizer = load_tokenizer(resolve_init(params.teacher.init))
@@ -112,6 +114,7 @@ class Classification:
             report["splits"][name] |= {
                 "examples": len(part),
                 "class_counts": {label_names[k]: int(counts.get(k, 0)) for k in range(len(label_names))},
+                **({"unlabelled": int(counts.get(data.UNLABELLED, 0))} if data.UNLABELLED in counts else {}),
                 **length_stats(enc.full_lengths, dp.max_length),
             }
         meta = PreparedMeta(label_names=label_names, max_length=dp.max_length, source=dp.source, pair=pair, tokenizer=params.teacher.init, splits=infos)
