@@ -55,7 +55,8 @@ def main() -> None:
                            for m, models in groups.items() for n in models])
     images = {"curves.png": figures.training_curves(curves, rows, main, label), "accuracy_latency.png": figures.accuracy_vs_latency(points, rows, main, label)}
     order = ["teacher", *rows]  # the JSON's keys are sorted; the figures show the teacher first, then the rows in order
-    heatmaps = figures.attention_figures([h | {"maps": {m: h["maps"][m] for m in order if m in h["maps"]}} for h in read_json(args.attention)])
+    in_order = lambda d: {m: d[m] for m in order if m in d}  # noqa: E731
+    heatmaps = figures.attention_figures([h | {k: in_order(h[k]) for k in ("maps", "rows") if k in h} for h in read_json(args.attention)])
     images |= heatmaps
     examples = task.examples({m: predictions[models[0]] for m, models in groups.items()}, 5)
     doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report), task, examples,

@@ -229,4 +229,9 @@ def test_a_bilstm_student_trains_saves_and_is_measured_like_the_others(two):
     assert narrow["attention_js"]["t2-s1"] > 0
     curve = (two / "curves/rnn-kd_at-s1.tsv").read_text().splitlines()
     assert len(curve) == 2  # header + one epoch
+    drawn = json.loads((two / "attention.json").read_text())[0]
+    assert set(drawn["maps"]) == {"teacher", "wide ce", "wide kd_at"} and set(drawn["rows"]) == {"teacher", "rnn ce", "rnn kd_at"}
+    assert drawn["row_layer"] == 2 and len(drawn["rows"]["rnn ce"]) == len(drawn["tokens"]) and sum(drawn["rows"]["teacher"]) <= 1 + 1e-6
+    assert (two / f"figures/pooling_{drawn['example']}.png").stat().st_size > 1000
+    assert "attention-pooling weights of each BiLSTM row" in (two / "report.md").read_text()
 

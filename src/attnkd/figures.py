@@ -96,12 +96,33 @@ def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], token
     return png(fig)
 
 
+def pooling_rows(rows: dict[str, np.ndarray], tokens: list[str], title: str, layer: int) -> bytes:
+    """One row per model: the teacher's [CLS] query row at `layer` (head-averaged) and each BiLSTM's
+    attention-pooling weights on one example, tokens along the x axis, on one colour scale, a
+    power scale with exponent HEATMAP_GAMMA. `rows[model]`: (n,)."""
+    n = len(tokens)
+    table = np.stack([np.asarray(r[:n], dtype=np.float32) for r in rows.values()])  # (M, n)
+    norm = matplotlib.colors.PowerNorm(gamma=HEATMAP_GAMMA, vmin=0.0, vmax=float(table.max()))
+    fig, ax = plt.subplots(figsize=(0.22 * n + 2.0, 0.35 * len(rows) + 1.2))
+    ax.imshow(table, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
+    ax.set_xticks(range(n), tokens, rotation=90, fontsize=6)
+    ax.set_yticks(range(len(rows)), [f"teacher [CLS], layer {layer}" if m == "teacher" else f"{m}, pooling" for m in rows], fontsize=7)
+    ax.tick_params(length=0)
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    return png(fig)
+
+
 def attention_figures(examples: list[dict]) -> dict[str, bytes]:
-    """`attention_<example>.png` for each example evaluate wrote (reports/attention.json): its
-    tokens, title, and per model and pair `t<l>-s<l>` the head-averaged (n, n) map."""
+    """For each example evaluate wrote (reports/attention.json): `attention_<example>.png` from
+    its per model and pair `t<l>-s<l>` head-averaged (n, n) maps, and `pooling_<example>.png`
+    from its pooling rows beside the teacher's [CLS] row, when it has them."""
     out = {}
     for h in examples:
-        maps = {model: {tuple(map(int, key[1:].split("-s"))): np.asarray(m, dtype=np.float32) for key, m in layers.items()}
-                for model, layers in h["maps"].items()}
-        out[f"attention_{h['example']}.png"] = attention_heatmaps(maps, h["tokens"], h["title"])
+        if h.get("maps"):
+            maps = {model: {tuple(map(int, key[1:].split("-s"))): np.asarray(m, dtype=np.float32) for key, m in layers.items()}
+                    for model, layers in h["maps"].items()}
+            out[f"attention_{h['example']}.png"] = attention_heatmaps(maps, h["tokens"], h["title"])
+        if h.get("rows"):
+            out[f"pooling_{h['example']}.png"] = pooling_rows(h["rows"], h["tokens"], h["title"], h["row_layer"])
     return out

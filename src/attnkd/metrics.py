@@ -163,20 +163,39 @@ def attention_snapshot(models: dict[str, torch.nn.Module], pairs: list[tuple[int
     return out
 
 
+@torch.no_grad()
+def pooling_snapshot(teacher, students: dict[str, torch.nn.Module], layer: int, split: Split, i: int, max_tokens: int, pad_id: int
+                     ) -> dict[str, list[float]]:
+    """The teacher's [CLS] query row at `layer`, averaged over heads, and each pooling student's
+    attention-pooling row, on example i run alone, cut to its first min(max_tokens, length) tokens."""
+    b = collate(split, np.array([i]), pad_id)
+    n = min(max_tokens, len(split.input_ids[i]))
+    rows = {"teacher": forward(teacher.eval(), b, output_attentions=True).attentions[layer - 1][0, :, 0, :].mean(0)[:n].tolist()}
+    return rows | {name: forward(model.eval(), b).pooling[0, :n].tolist() for name, model in students.items()}
+
+
 def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test: Split, meta: dict, task, tokenizer, rp) -> list[dict]:
     """The report's heatmaps: on its chosen test examples, the teacher and the first-seed student of
-    each row whose layer map is the first row's, per mapped pair."""
-    first = {row: names[0] for row, names in groups.items()  # a BiLSTM has no (n, n) map to draw
-             if row != "teacher" and records[names[0]].architecture.get("family") != "lstm"}
-    if not rp.heatmap_examples or not first:
+    each row whose layer map is the first row's, per mapped pair (`maps`); and for the BiLSTM rows,
+    which have no (n, n) map, their pooling rows beside the teacher's [CLS] row (`rows`)."""
+    firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
+    pooled = {row: n for row, n in firsts.items() if records[n].architecture.get("family") == "lstm"}
+    first = {row: n for row, n in firsts.items() if row not in pooled}
+    if not rp.heatmap_examples or not firsts:
         return []
-    pairs = records[next(iter(first.values()))].layer_pairs
+    pairs = records[next(iter(first.values()))].layer_pairs if first else []
     drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in first.items() if records[n].layer_pairs == pairs}
+    row_layer = records[next(iter(pooled.values()))].layer_pairs[0][0] if pooled else 0
     out = []
     for i in heatmap_examples(test.lengths, rp.heatmap_examples):
         tokens = tokenizer.convert_ids_to_tokens([int(t) for t in test.input_ids[i][: rp.heatmap_tokens]])
-        out.append({"example": i, "tokens": tokens, "pairs": pairs, "title": f"test example {i} ({task.caption(test, i, meta)}), {len(test.input_ids[i])} tokens",
-                    "maps": attention_snapshot(drawn, pairs, test, i, rp.heatmap_tokens, tokenizer.pad_token_id)})
+        entry = {"example": i, "tokens": tokens, "title": f"test example {i} ({task.caption(test, i, meta)}), {len(test.input_ids[i])} tokens"}
+        if first:
+            entry |= {"pairs": pairs, "maps": attention_snapshot(drawn, pairs, test, i, rp.heatmap_tokens, tokenizer.pad_token_id)}
+        if pooled:
+            students = {row: models[n] for row, n in pooled.items() if records[n].layer_pairs[0][0] == row_layer}
+            entry |= {"row_layer": row_layer, "rows": pooling_snapshot(models["teacher"], students, row_layer, test, i, rp.heatmap_tokens, tokenizer.pad_token_id)}
+        out.append(entry)
     return out
 
 

@@ -332,7 +332,13 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
                  f"attention rows over {over}, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
                  "match, else between head-averaged maps.")
     for name, image in heatmaps.items():
-        doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {name.split('_')[1].split('.')[0]} "
+        example = name.split("_")[1].split(".")[0]
+        if name.startswith("pooling_"):
+            doc.figure(f"figures/{name}", image, f"The teacher's [CLS] attention row (averaged over heads) and the attention-pooling weights of each BiLSTM row's "
+                       f"first-seed student on test example {example} (first {rp.heatmap_tokens} tokens at most): the row its pooling learns from "
+                       "in [CLS]-row transfer; one colour scale, proportional to the square root of the weight.")
+            continue
+        doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {example} "
                    f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair; one colour scale "
                    f"per figure, proportional to the square root of the attention weight (so weak links stay visible beside [CLS] and [SEP]).")
     if examples is not None and len(examples):
