@@ -11,7 +11,7 @@ import yaml
 from attnkd import augment, data
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import AugmentParams, PACKAGED_MODEL
-from conftest import run_pipeline, shared_data, tiny_params
+from conftest import REPO, run_pipeline, shared_data, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -115,3 +115,23 @@ def test_few_labels_and_the_transfer_set_reach_every_stage(few):
     text = (few / "report.md").read_text()
     assert "25% of the training rows keep their gold label" in text and "a transfer set of 2 variant(s) per training text" in text
     assert f"ce {gold:,} + 0; kd {gold:,} + {len(rows) - gold:,}" in text
+
+
+def test_an_unlabelled_text_file_joins_the_training_split(tmp_path, tiny_model_dir):
+    from test_sources import glue_slice, params_with, prepare, read
+
+    src = glue_slice(tmp_path, "sst2", 60)
+    train_texts = [line.split("\t")[0] for line in (src / "train.tsv").read_text().splitlines()[1:]]
+    (src / "unlabelled.txt").write_text(f"a fresh  unlabelled review\n\n{train_texts[3]}\nanother one\nanother one\n")
+    profile = yaml.safe_load((REPO / "profiles/sst2.yaml").read_text())["data"]
+    doc = params_with(tiny_model_dir, profile | {"dir": str(src), "val_fraction": 0.2, "unlabelled": "unlabelled.txt"})
+    rc, prepared = prepare(tmp_path, doc)
+    assert rc == 0
+    train = read(prepared, "train")
+    extra = train[train["label"] == data.UNLABELLED]
+    assert extra["text"].tolist() == ["a fresh unlabelled review", "another one"]  # squashed; a training text and a repeat dropped
+    note = json.loads((tmp_path / "data.json").read_text())["unlabelled_file"]
+    assert (note["lines"], note["added"], note["dropped_seen_or_repeated"]) == (4, 2, 2)
+    (src / "unlabelled.txt").unlink()
+    (tmp_path / "again").mkdir()
+    assert prepare(tmp_path / "again", doc)[0] == 2  # a missing file stops prepare with one line

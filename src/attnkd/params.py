@@ -76,6 +76,9 @@ class DataParams(Section):
     # few labels: the share of training rows that keep their gold label (stratified per class, at
     # least one each, drawn with the seed); the rest stay as unlabelled text the teacher labels
     labelled_fraction: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # unlabelled text: a file in data.dir (source files), one text per line, added to the training
+    # split as unlabelled rows the teacher labels; "" = none
+    unlabelled: str = ""
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
@@ -291,8 +294,10 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _transfer_for_classification(self) -> Params:
-        if self.task != "classification" and (self.augment.copies or self.data.labelled_fraction < 1):
-            raise ValueError(f"augment.copies and data.labelled_fraction (a transfer set) apply to task classification, not {self.task!r}")
+        if self.task != "classification" and (self.augment.copies or self.data.labelled_fraction < 1 or self.data.unlabelled):
+            raise ValueError(f"augment.copies, data.labelled_fraction and data.unlabelled (a transfer set) apply to task classification, not {self.task!r}")
+        if self.data.unlabelled and (self.data.source != "files" or self.data.text_pair_column):
+            raise ValueError("data.unlabelled (one text per line) needs data.source: files and single texts (no data.text_pair_column)")
         return self
 
     @model_validator(mode="after")

@@ -174,6 +174,8 @@ def data_note(report: dict) -> str:
         f"Task: {report['task']}; truncated at {report['max_length']} tokens. Sources: {sources}. "
         f"Training rows also found in an evaluation split: {overlap['count']} ({'removed' if overlap['removed'] else 'kept'})."
         + (f" Rows decoded as Windows-1252: {fallback}." if fallback else "")
+        + (" Unlabelled texts from {from}: {lines} lines, {added} added to the training split, {dropped_seen_or_repeated} already "
+           "in a split or repeated.".format(**report["unlabelled_file"]) if "unlabelled_file" in report else "")
     )
 
 

@@ -62,6 +62,15 @@ def decode_text(raw: bytes, where: str, policy: str) -> tuple[str, bool]:
         return raw.decode("cp1252", errors="replace"), True
 
 
+def read_unlabelled(path: Path, policy: str) -> tuple[list[str], int]:
+    """A file of unlabelled texts, one per line (empty lines skipped): the texts and how many
+    lines were decoded as Windows-1252."""
+    if not path.is_file():
+        raise UserError(f"{path}: not found (data.unlabelled names a file in data.dir, one text per line)")
+    lines, fallbacks = decode_lines(path, policy)
+    return [line for line in lines if line.strip()], len(fallbacks)
+
+
 def decode_lines(path: Path, policy: str) -> tuple[list[str], list[int]]:
     """A text file's lines (BOM and line ends removed), decoding line by line so one bad byte
     names its line; returns the lines and the 1-based numbers of lines decoded as cp1252."""

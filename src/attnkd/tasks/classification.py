@@ -54,6 +54,24 @@ def length_stats(full: np.ndarray, max_length: int) -> dict:
     return pct | {"tokens_max": int(full.max()), "truncated_fraction": round(float((full > max_length).mean()), 6)}
 
 
+def add_unlabelled(splits: dict[str, pd.DataFrame], path: Path, dp: DataParams) -> tuple[pd.DataFrame, dict]:
+    """The training split with the texts of an unlabelled file appended as unlabelled rows (after
+    cleaning: whitespace collapsed; texts already in a split, or repeated, dropped), and counts."""
+    texts, fallback = sources.read_unlabelled(path, dp.decode)
+    seen = {t for part in splits.values() for t in part["text"]}
+    rows, dropped = [], 0
+    for text in map(data.squash, texts):
+        if text in seen:
+            dropped += 1
+            continue
+        seen.add(text)
+        rows.append(text)
+    extra = pd.DataFrame({"text": rows, "text_pair": "", "label": data.UNLABELLED})
+    counts = {"from": f"{dp.dir}/{dp.unlabelled}", "lines": len(texts), "added": len(rows), "dropped_seen_or_repeated": dropped,
+              "decoded_as_cp1252": fallback}
+    return pd.concat([splits["train"], extra], ignore_index=True), counts
+
+
 class Classification:
     name = "classification"
     select_by = "accuracy"
@@ -99,6 +117,8 @@ class Classification:
         splits = data.complete_splits(cleaned, dp.val_fraction, dp.test_fraction, params.seed, train_where)
         if dp.labelled_fraction < 1:  # few labels: the rest of the training rows stay as unlabelled text
             splits["train"] = data.keep_labels(splits["train"], dp.labelled_fraction, params.seed)
+        if dp.unlabelled:
+            splits["train"], report["unlabelled_file"] = add_unlabelled(splits, sources.resolve_dir(dp.dir, root) / dp.unlabelled, dp)
         carved = [k for k in splits if k not in raw]
 
         tokenizer = load_tokenizer(resolve_init(params.teacher.init))
