@@ -135,7 +135,9 @@ def test_report_tables_hold_the_metrics_values(work):
     summary = json.loads((work / "summary.json").read_text())
     assert summary["kd_at"]["accuracy"]["mean"] == pytest.approx(sum(metrics[f"small-kd_at-s{s}"]["accuracy"] for s in (1, 2)) / 2, abs=1e-6)
     assert summary["kd_at"]["vs_ce"] == {"delta": pytest.approx(expected.delta, abs=1e-6), "ci_low": pytest.approx(expected.low, abs=1e-6),
-                                         "ci_high": pytest.approx(expected.high, abs=1e-6), "p_value": pytest.approx(expected.p_value, abs=1e-6)}
+                                         "ci_high": pytest.approx(expected.high, abs=1e-6), "p_value": pytest.approx(expected.p_value, abs=1e-6),
+                                         "detectable": pytest.approx(expected.detectable, abs=1e-6)}
+    assert quality["kd_at"]["detectable Δ, points"] == f"{100 * expected.detectable:.1f}"
     html = (work / "report.html").read_text()
     for method in ("ce", "kd_at"):
         assert f"<td>{quality[method]['accuracy']}</td>" in html

@@ -43,7 +43,7 @@ def group(file: str, tests: tuple[str, ...], *changes: tuple[str, str, str]) -> 
 MUTANTS = [
     # the store and the layer convention
     *group("src/attnkd/models.py", STORE_TESTS,
-           ("attn_from_the_layer_below", "return out.attentions[layer - 1]", "return out.attentions[max(layer - 2, 0)]"),
+           ("attn_from_the_layer_below", "return out.attentions[layer - 1]  # (B, H, T, T)", "return out.attentions[max(layer - 2, 0)]  # (B, H, T, T)"),
            ("hidden_from_the_layer_below", "return out.hidden_states[layer]", "return out.hidden_states[layer - 1]"),
            ("qkv_captured_from_the_layer_below", "attn = model.bert.encoder.layer[l - 1].attention.self",
             "attn = model.bert.encoder.layer[max(l - 2, 0)].attention.self")),

@@ -51,7 +51,7 @@ class DistillRun:
     @property
     def reads_teacher(self) -> bool:
         """Whether the method has a loss on the teacher's signals (else it trains on gold rows only)."""
-        return any(not LOSSES[name].gold for name in self.record["weights"])
+        return any(not LOSSES[name].gold for name in self.objective.weights)
 
     def rows(self, training: Split) -> Split:
         """The rows the method trains on: all of `training` (in the store's order) when it reads the
