@@ -19,7 +19,7 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from attnkd.errors import UserError
-from attnkd.artifacts import PreparedMeta, verify_files
+from attnkd.artifacts import PreparedMeta, TransferMeta, verify_files
 
 SPLITS = ("train", "validation", "test")
 UNLABELLED = -1  # the label of a training row without a gold label (few labels, the transfer set): only the teacher labels it
@@ -198,8 +198,6 @@ def load_training(prepared: Path, transfer: Path | None) -> Split:
     train = load_split(prepared, "train")
     if transfer is None:
         return train
-    from attnkd.artifacts import TransferMeta
-
     meta = TransferMeta.read(transfer)
     if meta.train_inputs_sha256 != load_meta(prepared).splits["train"].inputs_sha256:
         raise UserError(f"{Path(transfer) / TransferMeta.FILE}: made from another training split; re-run `dvc repro augment`")
