@@ -1,0 +1,113 @@
+"""Machine translation building blocks: line-aligned parallel text, a joint subword vocabulary
+trained on the training split, and sacreBLEU's BLEU and chrF.
+
+Parallel text is the format of Multi30k, WMT and most corpora: one file per split and language,
+`{split}.{lang}` (gzip or plain), one sentence per line, lines aligned across languages. The
+vocabulary is one byte-level BPE over both languages (Radford et al. 2019; the `tokenizers`
+library), trained on the training split only, so teacher and students share it and decoding
+returns the text exactly, accents and casing included (every byte has a symbol). Scores are
+sacreBLEU's (Post 2018): corpus BLEU and chrF on detokenised, cased text, with the signatures
+that say how they were computed, and per-sentence chrF and BLEU for the paired bootstrap.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from attnkd.errors import UserError
+
+PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
+SPECIALS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class Parallel:
+    source: list[str]
+    target: list[str]
+    dropped_empty: int = 0  # pairs with an empty side
+    files: dict[str, str] = field(default_factory=dict)  # language -> the file read
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+
+def find_file(root: Path, split: str, lang: str) -> Path:
+    """`{split}.{lang}` or `{split}.{lang}.gz` in root."""
+    for name in (f"{split}.{lang}", f"{split}.{lang}.gz"):
+        if (root / name).is_file():
+            return root / name
+    raise UserError(f"{root / f'{split}.{lang}'}: not found (nor .gz); data.dir holds one file per split and language, {split}.{lang}[.gz]")
+
+
+def read_lines(path: Path) -> list[str]:
+    """A text file's lines (gzip or plain, UTF-8), without line ends; a bad byte names its line."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    lines = raw.removeprefix(b"\xef\xbb\xbf").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    out = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            out.append(line.rstrip(b"\r").decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise UserError(f"{path}: line {number}: not valid UTF-8 at byte {err.start}") from None
+    return out
+
+
+def read_parallel(root: Path, split: str, src: str, tgt: str) -> Parallel:
+    """The aligned sentence pairs of one split: whitespace collapsed, pairs with an empty side
+    dropped (and counted). Files of different lengths stop with both files and counts named."""
+    paths = {lang: find_file(root, split, lang) for lang in (src, tgt)}
+    sides = {lang: read_lines(p) for lang, p in paths.items()}
+    if len(sides[src]) != len(sides[tgt]):
+        raise UserError(f"{paths[src]}: {len(sides[src])} lines, but {paths[tgt]} has {len(sides[tgt])}; parallel files must align line by line")
+    pairs = [(" ".join(s.split()), " ".join(t.split())) for s, t in zip(sides[src], sides[tgt])]
+    kept = [(s, t) for s, t in pairs if s and t]
+    return Parallel([s for s, _ in kept], [t for _, t in kept], len(pairs) - len(kept), {lang: p.name for lang, p in paths.items()})
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """One byte-level BPE vocabulary of `vocab_size` entries (4 specials first: <pad> <s> </s>
+    <unk>) learnt from `texts` in order: the same texts give the same vocabulary. Returns a
+    `tokenizers.Tokenizer`; encode gives ids without specials, decode gives the text back."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=UNK))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    return tok
+
+
+@dataclass(frozen=True)
+class Scores:
+    bleu: float  # corpus BLEU, 0..100
+    chrf: float  # corpus chrF, 0..100
+    bleu_signature: str
+    chrf_signature: str
+    sentence_chrf: list[float]  # per sentence, 0..100: the paired bootstrap resamples these
+    sentence_bleu: list[float]
+
+
+def score(hypotheses: list[str], references: list[str]) -> Scores:
+    """sacreBLEU's corpus BLEU (13a tokenisation, cased, exponential smoothing) and chrF (character
+    6-grams, beta 2) of detokenised hypotheses against one reference each, with their signatures,
+    and the same metrics per sentence."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} references")
+    bleu, chrf = BLEU(), CHRF()
+    sentence_bleu = BLEU(effective_order=True)  # sentence BLEU: n-gram orders the sentence has
+    return Scores(
+        bleu.corpus_score(hypotheses, [references]).score,
+        chrf.corpus_score(hypotheses, [references]).score,
+        str(bleu.get_signature()),
+        str(chrf.get_signature()),
+        [chrf.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)],
+        [sentence_bleu.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)],
+    )

@@ -1,0 +1,72 @@
+"""Translation building blocks on the real Multi30k files: parallel reading, the joint subword
+vocabulary, and sacreBLEU's scores pinned on hand-worked cases."""
+
+import gzip
+import math
+
+import pytest
+
+from attnkd.errors import UserError
+from attnkd.translation import SPECIALS, read_parallel, score, train_tokenizer
+from conftest import shared_data
+
+RAW = "multi30k/task1/raw"
+
+
+@pytest.fixture(scope="module")
+def raw():
+    return shared_data(f"{RAW}/val.en.gz") / RAW
+
+
+def test_reads_the_aligned_validation_pairs(raw):
+    val = read_parallel(raw, "val", "en", "de")
+    assert len(val) == 1014 and val.dropped_empty == 0 and val.files == {"en": "val.en.gz", "de": "val.de.gz"}
+    first_en = gzip.decompress((raw / "val.en.gz").read_bytes()).decode().split("\n")[0]
+    first_de = gzip.decompress((raw / "val.de.gz").read_bytes()).decode().split("\n")[0]
+    assert (val.source[0], val.target[0]) == (" ".join(first_en.split()), " ".join(first_de.split()))
+    assert "ü" in "".join(val.target) or "ä" in "".join(val.target)  # UTF-8, accents kept
+
+
+def test_plain_and_gzip_files_read_the_same_and_bad_files_are_named(tmp_path, raw):
+    for lang in ("en", "de"):
+        (tmp_path / f"val.{lang}").write_bytes(gzip.decompress((raw / f"val.{lang}.gz").read_bytes()))
+    assert read_parallel(tmp_path, "val", "en", "de").target == read_parallel(raw, "val", "en", "de").target
+    (tmp_path / "x.en").write_text("a\nb\nc\n")
+    (tmp_path / "x.de").write_text("a\n\nc\n")
+    assert read_parallel(tmp_path, "x", "en", "de").dropped_empty == 1  # an empty side drops the pair
+    (tmp_path / "y.en").write_text("a\nb\nc\n")
+    (tmp_path / "y.de").write_text("a\nb\n")
+    with pytest.raises(UserError, match=r"y\.en: 3 lines, but .*y\.de has 2"):
+        read_parallel(tmp_path, "y", "en", "de")
+    with pytest.raises(UserError, match=r"z\.en: not found"):
+        read_parallel(tmp_path, "z", "en", "de")
+    (tmp_path / "w.en").write_bytes(b"fine\nbad \xff byte\n")
+    (tmp_path / "w.de").write_text("a\nb\n")
+    with pytest.raises(UserError, match=r"w\.en: line 2: not valid UTF-8"):
+        read_parallel(tmp_path, "w", "en", "de")
+
+
+def test_the_vocabulary_is_fixed_by_its_texts_and_decodes_every_test_sentence(raw):
+    train = read_parallel(raw, "train", "en", "de")
+    texts = train.source[:3000] + train.target[:3000]
+    a, b = train_tokenizer(texts, 2000), train_tokenizer(texts, 2000)
+    assert a.to_str() == b.to_str() and a.get_vocab_size() == 2000
+    assert [a.token_to_id(t) for t in SPECIALS] == [0, 1, 2, 3]
+    test = read_parallel(raw, "test_2016_flickr", "en", "de")
+    for sentence in test.source + test.target:  # byte-level: every sentence comes back exactly
+        ids = a.encode(sentence).ids
+        assert a.decode(ids) == sentence and min(ids) >= len(SPECIALS)
+
+
+def test_bleu_and_chrf_on_hand_worked_cases():
+    same = score(["a man rides a horse ."], ["a man rides a horse ."])
+    assert same.bleu == pytest.approx(100.0) and same.chrf == pytest.approx(100.0)
+    # every n-gram of the hypothesis matches; it is 6 tokens against 7: BLEU = brevity penalty = exp(1 - 7/6)
+    short = score(["the cat sat on the mat"], ["the cat sat on the mat ."])
+    assert short.bleu == pytest.approx(100 * math.exp(1 - 7 / 6), abs=1e-4)
+    assert score(["xyz"], ["abc def"]).chrf == pytest.approx(0.0)
+    assert "case:mixed" in short.bleu_signature and "tok:13a" in short.bleu_signature and "nc:6" in short.chrf_signature
+    two = score(["a man rides a horse .", "xyz"], ["a man rides a horse .", "a dog runs ."])
+    assert two.sentence_chrf[0] == pytest.approx(100.0) and two.sentence_bleu[0] == pytest.approx(100.0) and two.sentence_bleu[1] == 0.0
+    with pytest.raises(ValueError):
+        score(["a"], ["a", "b"])
