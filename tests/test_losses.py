@@ -386,3 +386,28 @@ def test_row_losses_are_zero_on_equal_inputs_and_send_gradients_to_the_student_o
     loss.backward()
     assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
 
+
+from attnkd.losses import topk_kd_loss
+
+
+def test_topk_kd_matches_hand_value_and_ignores_padded_positions():
+    """V = 3, top-2 kept: the teacher's tempered top-2 renormalised, the student's full softmax."""
+    T = 2.0
+    logits_s = torch.tensor([[[0.0, 0.0, 0.0], [4.0, 0.0, 0.0]]])  # (1, 2, 3); position 2 is padding
+    ids = torch.tensor([[[0, 1], [2, 1]]])
+    logp_t = torch.log(torch.tensor([[[0.6, 0.3], [0.5, 0.5]]]))  # the teacher's top-2 probabilities at T = 1
+    mask = torch.tensor([[1, 0]])
+    p = [0.6 ** 0.5 / (0.6 ** 0.5 + 0.3 ** 0.5), 0.3 ** 0.5 / (0.6 ** 0.5 + 0.3 ** 0.5)]  # p^(1/T), renormalised over the two kept
+    q = 1 / 3  # the student's uniform softmax
+    expected = T**2 * sum(pi * math.log(pi / q) for pi in p)
+    assert topk_kd_loss(logits_s, ids, logp_t, mask, T).item() == pytest.approx(expected, abs=1e-6)
+    other = logits_s.clone()
+    other[0, 1] = torch.tensor([-9.0, 9.0, 3.0])  # the padded position: inert
+    assert topk_kd_loss(other, ids, logp_t, mask, T).item() == pytest.approx(expected, abs=1e-6)
+    # both positions real: the mean of the two (position 2: p = (0.5, 0.5) on tokens 2 and 1, each
+    # of student probability 1 / (e^2 + 2) under softmax([4, 0, 0] / 2))
+    second = T**2 * math.log(0.5 * (math.exp(2) + 2))
+    assert topk_kd_loss(logits_s, ids, logp_t, torch.tensor([[1, 1]]), T).item() == pytest.approx((expected + second) / 2, abs=1e-5)
+    # zero when the student puts all its mass on the top-k in the teacher's tempered proportions
+    exact = torch.tensor([[[math.log(p[0]) * T, math.log(p[1]) * T, -1e4], [0.0, 0.0, 0.0]]])
+    assert topk_kd_loss(exact, ids, logp_t, mask, T).item() == pytest.approx(0.0, abs=1e-5)

@@ -78,6 +78,24 @@ def cls_mse_loss(row_s: torch.Tensor, row_t: torch.Tensor, mask: torch.Tensor) -
     return ((((row_s.float() - row_t.detach().float()) ** 2) * m).sum(-1) / m.sum(-1)).mean()
 
 
+def topk_kd_loss(logits_s: torch.Tensor, topk_ids: torch.Tensor, topk_logp_t: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Word-level KD for sequence outputs (Kim & Rush 2016, eq. 5) from the teacher's stored top-k.
+
+    p_t[j] = exp(l_t[j] / T) / sum_{i in top-k} exp(l_t[i] / T) over the k tokens kept (the
+    teacher's distribution tempered and renormalised over its top k: the mass outside them is not
+    stored), q_s = softmax(z_s / T) over the whole vocabulary, and
+    L = T^2 * mean over real target positions of sum_{j in top-k} p_t[j] (log p_t[j] - log q_s[j]),
+    which is >= 0 and 0 only when the student puts the teacher's top-k proportions on those tokens.
+    logits_s (B, m, V); topk_ids (B, m, k) token ids; topk_logp_t (B, m, k) the teacher's
+    log-probabilities at T = 1; mask (B, m) 1 on real target positions.
+    """
+    log_q = F.log_softmax(logits_s.float() / temperature, dim=-1).gather(-1, topk_ids)  # (B, m, k)
+    log_p = F.log_softmax(topk_logp_t.detach().float() / temperature, dim=-1)  # (B, m, k), renormalised over the k kept
+    per_token = (log_p.exp() * (log_p - log_q)).sum(-1)  # (B, m)
+    m = mask.float()
+    return temperature**2 * (per_token * m).sum() / m.sum()
+
+
 def attn_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """MiniLM self-attention distribution transfer (Wang et al. 2020, eq. 4).
 
