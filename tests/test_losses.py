@@ -359,9 +359,9 @@ def test_cls_kl_matches_hand_value_and_ignores_padding():
     kl0 = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5)
     kl1 = 0.8 * math.log(0.8 / 0.4) + 0.2 * math.log(0.2 / 0.1)
     assert cls_kl_loss(row_s, row_t, mask).item() == pytest.approx((kl0 + kl1) / 2, abs=1e-6)
-    other = row_s.clone()
-    other[1, 2] = 0.9  # a padded position: inert
-    assert cls_kl_loss(other, row_t, mask).item() == pytest.approx((kl0 + kl1) / 2, abs=1e-6)
+    other_s, other_t = row_s.clone(), row_t.clone()
+    other_s[1, 2], other_t[1, 2] = 0.9, 0.3  # a padded position, on either side: inert
+    assert cls_kl_loss(other_s, other_t, mask).item() == pytest.approx((kl0 + kl1) / 2, abs=1e-6)
 
 
 def test_cls_mse_matches_hand_value_and_ignores_padding():

@@ -75,7 +75,7 @@ MUTANTS = [
            ("bilstm_unpacked", "h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.shape[1])",
             "h = self.lstm(emb)[0]")),
     *group("src/attnkd/losses.py", ("tests/test_losses.py", "tests/test_recurrent.py"),
-           ("cls_kl_keeps_padded_keys", "return (p_t * log_ratio).masked_fill(~keys, 0.0).sum(-1).mean()", "return (p_t * log_ratio).sum(-1).mean()"),
+           ("cls_kl_reads_the_teachers_padded_keys", "p_t = row_t.detach().float().masked_fill(~keys, 0.0)  # (B, T)", "p_t = row_t.detach().float()  # (B, T)"),
            ("cls_mse_sums_tokens", "return ((((row_s.float() - row_t.detach().float()) ** 2) * m).sum(-1) / m.sum(-1)).mean()",
             "return ((((row_s.float() - row_t.detach().float()) ** 2) * m).sum(-1)).mean()"),
            ("kd_mse_means_outputs", "return ((logits_s.float() - logits_t.detach().float()) ** 2).sum(-1).mean()",

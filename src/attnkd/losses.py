@@ -67,7 +67,7 @@ def cls_kl_loss(row_s: torch.Tensor, row_t: torch.Tensor, mask: torch.Tensor, ep
     keys = mask.bool()  # (B, T)
     p_t = row_t.detach().float().masked_fill(~keys, 0.0)  # (B, T)
     log_ratio = torch.log(p_t.clamp_min(eps)) - torch.log(row_s.float().clamp_min(eps))
-    return (p_t * log_ratio).masked_fill(~keys, 0.0).sum(-1).mean()
+    return (p_t * log_ratio).sum(-1).mean()  # p_t is 0 on padded keys
 
 
 def cls_mse_loss(row_s: torch.Tensor, row_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
