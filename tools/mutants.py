@@ -81,7 +81,7 @@ MUTANTS = [
            ("kd_mse_means_outputs", "return ((logits_s.float() - logits_t.detach().float()) ** 2).sum(-1).mean()",
             "return ((logits_s.float() - logits_t.detach().float()) ** 2).mean()")),
     *group("src/attnkd/metrics.py", ("tests/test_recurrent.py",),
-           ("agreement_pooling_against_the_first_head", "att_t[t_layer - 1][:, :, 0, :].double().mean(1)", "att_t[t_layer - 1][:, 0, 0, :].double()")),
+           ("agreement_pooling_against_the_teachers_first_layer", 'layer_tensor("cls", t_layer, out_t, {})', 'layer_tensor("cls", 1, out_t, {})')),
     # few labels and the transfer set
     *group("pipeline/augment.py", ("tests/test_transfer.py",),
            ("transfer_rows_get_a_gold_label", "[data.UNLABELLED] * len(out_t)", "[0] * len(out_t)")),

@@ -187,8 +187,8 @@ def concat(a: Split, b: Split) -> Split:
     """The examples of a, then those of b (standard columns only)."""
     if len(b) == 0:
         return a
-    types = None if a.type_ids is None and b.type_ids is None else [
-        *(a.type_ids or [np.zeros(len(x), np.int32) for x in a.input_ids]), *(b.type_ids or [np.zeros(len(x), np.int32) for x in b.input_ids])]
+    segments = lambda s: s.type_ids or [np.zeros(len(x), np.int32) for x in s.input_ids]  # noqa: E731
+    types = None if a.type_ids is None and b.type_ids is None else [*segments(a), *segments(b)]
     return Split([*a.input_ids, *b.input_ids], np.concatenate([a.labels, b.labels]), types)
 
 

@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from attnkd.data import Split, collate, length_batches
 from attnkd.artifacts import ModelRecord
-from attnkd.models import count_parameters, forward, weights_file
+from attnkd.models import count_parameters, forward, layer_tensor, weights_file
 
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -122,14 +122,15 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
     for idx in length_batches(split.lengths, batch_size):
         b = collate(split, idx, pad_id)
         rows = b["attention_mask"].bool()  # (B, T) real query tokens
-        att_t = forward(teacher, b, output_attentions=True).attentions
+        out_t = forward(teacher, b, output_attentions=True)
+        att_t = out_t.attentions
         for name, (model, pairs) in students.items():
             out = forward(model, b, output_attentions=True)
             pooled = getattr(out, "pooling", None) is not None
             counts[name] += len(idx) if pooled else int(rows.sum())
             for t_layer, s_layer in pairs:
                 if pooled:  # one row per example: (B, T) against the teacher's [CLS] row
-                    js = js_divergence(out.pooling.double(), att_t[t_layer - 1][:, :, 0, :].double().mean(1))  # (B,)
+                    js = js_divergence(out.pooling.double(), layer_tensor("cls", t_layer, out_t, {}).double())  # (B,)
                 else:
                     a_s, a_t = out.attentions[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
                     if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
@@ -170,7 +171,7 @@ def pooling_snapshot(teacher, students: dict[str, torch.nn.Module], layer: int, 
     attention-pooling row, on example i run alone, cut to its first min(max_tokens, length) tokens."""
     b = collate(split, np.array([i]), pad_id)
     n = min(max_tokens, len(split.input_ids[i]))
-    rows = {"teacher": forward(teacher.eval(), b, output_attentions=True).attentions[layer - 1][0, :, 0, :].mean(0)[:n].tolist()}
+    rows = {"teacher": layer_tensor("cls", layer, forward(teacher.eval(), b, output_attentions=True), {})[0, :n].tolist()}
     return rows | {name: forward(model.eval(), b).pooling[0, :n].tolist() for name, model in students.items()}
 
 
