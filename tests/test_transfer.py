@@ -2,6 +2,7 @@
 unlabelled rows with the teacher and trains students on them (hard labels on gold rows only)."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -91,6 +92,7 @@ def few(tmp_path_factory, tiny_model_dir):
     doc = tiny_params(tiny_model_dir, methods={"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}})
     doc["data"]["labelled_fraction"] = 0.25
     doc["augment"] = doc["augment"] | {"copies": 2}
+    doc["distill"]["gold_steps"] = "matched"
     doc["student_seeds"] = [1]
     (root / "params.yaml").write_text(yaml.safe_dump(doc))
     run_pipeline(root, root / "params.yaml")
@@ -110,11 +112,16 @@ def test_few_labels_and_the_transfer_set_reach_every_stage(few):
     assert json.loads((few / "models/teacher/attnkd.json").read_text())["examples"] == {"labelled": gold, "unlabelled": 0}
     assert json.loads((few / "signals/manifest.json").read_text())["num_examples"] == len(rows)  # the teacher labelled every row
     seen = {m: json.loads((few / f"students/small-{m}-s1/attnkd.json").read_text())["examples"] for m in ("ce", "kd")}
-    assert seen["ce"] == {"labelled": gold, "unlabelled": 0}  # ce reads no teacher: gold rows only
-    assert seen["kd"] == {"labelled": gold, "unlabelled": len(rows) - gold}
+    # ce reads no teacher: gold rows only, for as many batches as kd takes over every row (gold_steps: matched)
+    epochs = math.ceil(math.ceil(len(rows) / 8) / math.ceil(gold / 8))  # batch_size 8
+    assert epochs > 1
+    assert seen["ce"] == {"labelled": gold, "unlabelled": 0, "epochs": epochs}
+    assert seen["kd"] == {"labelled": gold, "unlabelled": len(rows) - gold, "epochs": 1}
+    curves = {m: pd.read_csv(few / f"curves/small-{m}-s1.tsv", sep="\t") for m in ("ce", "kd")}
+    assert len(curves["ce"]) == epochs and len(curves["kd"]) == 1
     text = (few / "report.md").read_text()
     assert "25% of the training rows keep their gold label" in text and "a transfer set of 2 variant(s) per training text" in text
-    assert f"ce {gold:,} + 0; kd {gold:,} + {len(rows) - gold:,}" in text
+    assert f"ce {gold:,} + 0 x {epochs} epochs; kd {gold:,} + {len(rows) - gold:,} x 1 epoch" in text
 
 
 def test_an_unlabelled_text_file_joins_the_training_split(tmp_path, tiny_model_dir):

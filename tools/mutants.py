@@ -91,7 +91,8 @@ MUTANTS = [
            ("mask_rate_doubled", "if x < ap.mask_p:", "if x < 2 * ap.mask_p:"),
            ("neighbour_is_the_word_itself", "sims[torch.arange(len(chunk)), rows] = -2.0  # not itself", "pass")),
     *group("src/attnkd/distillation.py", ("tests/test_transfer.py",),
-           ("ce_trains_on_transfer_rows", "return training if self.reads_teacher else", "return training if True else")),
+           ("ce_trains_on_transfer_rows", "return training if self.reads_teacher else", "return training if True else"),
+           ("gold_steps_ignored", 'if gold_steps == "epochs" or', "if True or")),
     # statistics
     *group("src/attnkd/stats.py", STATS_TESTS,
            ("bootstrap_resamples_seeds_only", "example_counts = rng.multinomial(n, np.full(n, 1.0 / n), size=stop - start)",

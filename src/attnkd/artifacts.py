@@ -88,7 +88,7 @@ class ModelRecord(Artifact):
     architecture: dict | None = None
     distill: dict | None = None
     layer_pairs: list[tuple[int, int]] | None = None
-    examples: dict[str, int] | None = None  # training rows it saw per epoch: {"labelled": n, "unlabelled": m}
+    examples: dict[str, int] | None = None  # training rows it saw per epoch, and epochs: {"labelled": n, "unlabelled": m, "epochs": e}
 
 
 class FileInfo(BaseModel):

@@ -9,7 +9,8 @@ the signal store, or from the teacher run on every batch (`online`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -58,6 +59,16 @@ class DistillRun:
         teacher; only the gold-labelled ones when it does not (ce alone: unlabelled rows would add
         nothing but steps)."""
         return training if self.reads_teacher else training.take(np.flatnonzero(training.labelled))
+
+    def budget_for(self, training: Split, gold_steps: str) -> Budget:
+        """The budget over `rows(training)`: distill's, or, for a gold-only method with
+        gold_steps "matched", enough epochs over the gold rows to take at least the optimiser steps
+        a method reading every row takes."""
+        ours, everyone = len(self.rows(training)), len(training)
+        if gold_steps == "epochs" or ours == everyone:
+            return self.budget
+        size = self.budget.batch_size
+        return replace(self.budget, epochs=math.ceil(self.budget.epochs * math.ceil(everyone / size) / math.ceil(ours / size)))
 
     @cached_property
     def from_source(self) -> dict[str, list[int]]:

@@ -195,6 +195,10 @@ class DistillParams(TrainingParams):
     # store: read the teacher's signals written by extract (the teacher never runs here);
     # online: run the teacher on every batch instead (for inputs the store cannot cover).
     signals: Literal["store", "online"] = "store"
+    # A method that trains on the gold-labelled rows only (ce) when some training rows are unlabelled:
+    # epochs, distill.epochs over its rows; matched, as many optimiser steps as a method reading
+    # every row (its epochs scaled up by the ratio of batches), the stricter few-labels baseline.
+    gold_steps: Literal["epochs", "matched"] = "epochs"
 
     @field_validator("layer_map", mode="before")
     @classmethod

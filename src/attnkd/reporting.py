@@ -276,7 +276,9 @@ def examples_line(summary: dict[str, dict], params) -> str:
     if ap.copies:
         made.append(f"a transfer set of {ap.copies} variant(s) per training text (mask {ap.mask_p:g}, substitute {ap.substitute_p:g}, "
                     f"n-gram {ap.ngram_p:g} up to {ap.ngram_max} words)")
-    seen = "; ".join(f"{row} {s['examples']['labelled']:,} + {s['examples']['unlabelled']:,}" for row, s in summary.items() if "examples" in s)
+    seen = "; ".join(f"{row} {s['examples']['labelled']:,} + {s['examples']['unlabelled']:,}"
+                     + (f" x {e} epoch{'s' * (e != 1)}" if (e := s["examples"].get("epochs")) else "")
+                     for row, s in summary.items() if "examples" in s)
     return (("; ".join(made) + ". ") if made else "") + f"Training rows per epoch, gold-labelled + unlabelled (teacher-labelled): {seen}"
 
 
