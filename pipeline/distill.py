@@ -59,7 +59,7 @@ def main() -> None:
         print(f"distill {name}: {run.live} from the teacher on every batch (over the store's extract.max_gb)")
     del teacher  # in store mode only its weights for initialisation were needed, unless run.live
     train = run.rows(training)  # gold rows only for a method that reads nothing of the teacher
-    run.budget = run.budget_for(training, params.distill.gold_steps)
+    run.budget = run.budget_for(len(train), len(training), params.distill.gold_steps)
     run.record["examples"] = {"labelled": int(train.labelled.sum()), "unlabelled": int((~train.labelled).sum()), "epochs": run.budget.epochs}
 
     ckpt = Checkpoints.beside(args.out, run.record | inputs, params.distill.checkpoint_every)

@@ -49,8 +49,12 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def published(tiny_repo):
-    """The tiny repo after `dvc repro`, its results committed: what a user pushes."""
+    """The tiny repo after `dvc repro`, its results committed: what a user pushes. Tests of the
+    same repo ran experiments in it before (test_e2e.py); `dvc repro` makes outputs and dvc.lock
+    agree again whatever those left, as a user does before pushing."""
     root, env, _ = tiny_repo
+    sh(["dvc", "repro"], root, env)
+    assert "Data and pipelines are up to date" in sh(["dvc", "status"], root, env)
     sh(["git", "add", "-A"], root, env)
     sh(["git", "commit", "-qm", "results", "--allow-empty"], root, env)
     return root, env

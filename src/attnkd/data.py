@@ -183,12 +183,16 @@ class Split:
         return self.labels != UNLABELLED if self.labels.ndim == 1 else np.ones(len(self), dtype=bool)
 
 
+def segment_ids(split: Split) -> list[np.ndarray]:
+    """The split's segment ids, or zeros (one segment) when it has none."""
+    return split.type_ids or [np.zeros(len(x), np.int32) for x in split.input_ids]
+
+
 def concat(a: Split, b: Split) -> Split:
     """The examples of a, then those of b (standard columns only)."""
     if len(b) == 0:
         return a
-    segments = lambda s: s.type_ids or [np.zeros(len(x), np.int32) for x in s.input_ids]  # noqa: E731
-    types = None if a.type_ids is None and b.type_ids is None else [*segments(a), *segments(b)]
+    types = None if a.type_ids is None and b.type_ids is None else [*segment_ids(a), *segment_ids(b)]
     return Split([*a.input_ids, *b.input_ids], np.concatenate([a.labels, b.labels]), types)
 
 

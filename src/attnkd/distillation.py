@@ -60,11 +60,10 @@ class DistillRun:
         nothing but steps)."""
         return training if self.reads_teacher else training.take(np.flatnonzero(training.labelled))
 
-    def budget_for(self, training: Split, gold_steps: str) -> Budget:
-        """The budget over `rows(training)`: distill's, or, for a gold-only method with
-        gold_steps "matched", enough epochs over the gold rows to take at least the optimiser steps
-        a method reading every row takes."""
-        ours, everyone = len(self.rows(training)), len(training)
+    def budget_for(self, ours: int, everyone: int, gold_steps: str) -> Budget:
+        """The budget over the method's `ours` rows of `everyone` training rows: distill's, or, for
+        a gold-only method with gold_steps "matched", enough epochs over its gold rows to take at
+        least the optimiser steps a method reading every row takes."""
         if gold_steps == "epochs" or ours == everyone:
             return self.budget
         size = self.budget.batch_size
