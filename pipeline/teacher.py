@@ -1,4 +1,5 @@
-"""Stage teacher: fine-tune the pretrained encoder with the task's head (params `task`).
+"""Stage teacher: fine-tune the pretrained encoder with the task's head (params `task`); for
+task translation, train an encoder-decoder of teacher.seq2seq from scratch.
 
 Keeps the epoch with the best validation score (the task's selection metric) and saves it as a Hugging Face
 save_pretrained dir (safetensors) with its tokenizer and the params that built it. Checkpoints
@@ -14,9 +15,8 @@ import numpy as np
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.errors import run_stage
-from attnkd.models import load_model, load_tokenizer, resolve_init
 from attnkd.stage import parser, save_trained, setup
-from attnkd.tasks import get_task, hard_label_loss
+from attnkd.tasks import get_task
 from attnkd.compute import finish, start
 from attnkd.tracking import stage_run
 from attnkd.train import budget_of, fit
@@ -33,18 +33,16 @@ def main() -> None:
     train, val = data.load_split(args.prepared, "train"), data.load_split(args.prepared, "validation")
     if not train.labelled.all():  # few labels: the teacher learns from the gold rows only
         train = train.take(np.flatnonzero(train.labelled))
-    init = resolve_init(tp.init)
-    tokenizer = load_tokenizer(init)
-    task = get_task(params.task)
-    model = load_model(init, task, head=task.head_config(meta))
+    task = get_task(params.task).bind(args.prepared)
+    model, tokenizer = task.new_teacher(params, meta)
 
-    record = {"role": "teacher", "seed": params.seed, "params": tp.model_dump(), "label_names": meta.label_names,
+    record = {"role": "teacher", "seed": params.seed, "params": tp.used(params.task), "label_names": meta.label_names,
               "examples": {"labelled": len(train), "unlabelled": 0}}
     ckpt = Checkpoints.beside(args.out, record | {"inputs": meta.model_dump()["splits"]}, tp.checkpoint_every)
     resume = ckpt.load()
-    logged = {"seed": params.seed, "teacher": tp.model_dump(), "compute": compute.describe(tp.batch_size, tp.learning_rate)}
+    logged = {"seed": params.seed, "teacher": tp.used(params.task), "compute": compute.describe(tp.batch_size, tp.learning_rate)}
     with stage_run(compute.main, "teacher", "teacher", logged, params.seed, resume and resume["run_id"]) as run:
-        history = fit(model, task, train, val, budget_of(tp, params.seed), hard_label_loss(task), tokenizer.pad_token_id, run, "teacher", ckpt=ckpt, resume=resume, compute=compute)
+        history = fit(model, task, train, val, budget_of(tp, params.seed), task.teacher_loss(params), tokenizer.pad_token_id, run, "teacher", ckpt=ckpt, resume=resume, compute=compute)
         if compute.main:
             best = save_trained(run, task, model.cpu(), tokenizer, history, record, args.out, args.metrics, args.curve)
     if compute.main:

@@ -18,11 +18,11 @@ from attnkd import data
 from attnkd.io import atomic_write_json, sha256_file
 from attnkd.models import load_model, resolve_init
 from attnkd.signals import SignalStore, online_batch
-from attnkd.tasks import TASKS, View, get_task, predict_rows, register
+from attnkd.tasks import TASKS, EncoderTask, View, get_task, predict_rows, register
 from conftest import run_script, tiny_config, tiny_params
 
 
-class ToySpan:
+class ToySpan(EncoderTask):
     """Span extraction in miniature: each example's target is the [start, end] token of its span."""
 
     name = "toy_span"

@@ -94,8 +94,9 @@ def load_model(model_dir: Path, task=None, head: dict | None = None):
             if task.name != "classification":
                 raise UserError(f"{model_dir}: a BiLSTM student (students family lstm) classifies; task {task.name!r} needs a transformer")
             return BiLSTMForSequenceClassification.from_pretrained(str(model_dir))
-        if config.model_type != "bert":
-            raise UserError(f"{model_dir}: model_type {config.model_type!r} is not supported yet (BERT-family encoders, or this project's BiLSTM)")
+        if config.model_type not in task.model_types:
+            known = [*task.model_types, *(["this project's BiLSTM"] if task.name == "classification" else [])]
+            raise UserError(f"{model_dir}: model_type {config.model_type!r} is not a model of task {task.name!r} ({', or '.join(known)})")
         return task.model_class().from_pretrained(str(model_dir), **kwargs)
     except (OSError, ValueError) as err:
         raise UserError(f"{model_dir}: cannot load the model ({str(err).splitlines()[0]})") from None

@@ -48,6 +48,9 @@ def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
     the models fails here, before extract or any student runs. teacher_config: the teacher's
     config.json (depth, heads, width)."""
     dp = params.distill
+    if params.task == "translation":
+        raise UserError("task translation: prepare and teacher run (`dvc repro teacher`); the stages after them (plan, extract, distill, "
+                        "evaluate, report) do not take translation yet")
     teacher_layers, teacher_heads, teacher_width = (teacher_config[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
     for name in dp.students:
         if params.students[name].family == "lstm" and params.task != "classification":

@@ -79,6 +79,14 @@ class DataParams(Section):
     # unlabelled text: a file in data.dir (source files), one text per line, added to the training
     # split as unlabelled rows the teacher labels; "" = none
     unlabelled: str = ""
+    # task translation: line-aligned files `{split}.{lang}[.gz]` in data.dir (data.splits give the
+    # split stems, e.g. train, val, test_2016_flickr); one joint byte-level BPE vocabulary of
+    # vocab_size entries trained on the training split; a pair with an empty side is dropped and
+    # counted (empty_pairs: drop) or stops prepare naming its file and line (fail)
+    source_lang: str = ""
+    target_lang: str = ""
+    vocab_size: Annotated[int, Field(ge=300)] = 8000
+    empty_pairs: Literal["drop", "fail"] = "drop"
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:
@@ -127,8 +135,33 @@ class TrainingParams(Section):
     checkpoint_every: Annotated[int, Field(ge=0)] = 200  # steps between resumable checkpoints; 0 = off
 
 
+class Seq2SeqParams(Section):
+    """Task translation: the Transformer encoder-decoder the teacher stage trains from scratch
+    (Vaswani et al. 2017; transformers' Marian classes), and its label smoothing."""
+
+    encoder_layers: PosInt = 3
+    decoder_layers: PosInt = 3
+    d_model: PosInt = 256
+    heads: PosInt = 4
+    ffn: PosInt = 1024  # feed-forward width
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> Seq2SeqParams:
+        if self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        return self
+
+
 class TeacherParams(TrainingParams):
-    init: str = PACKAGED_MODEL  # the packaged MiniLM, or a local HF model dir (relative to the repo root)
+    init: str = PACKAGED_MODEL  # the packaged MiniLM, or a local HF model dir (relative to the repo root); task translation: not read
+    seq2seq: Seq2SeqParams = Seq2SeqParams()  # task translation only: the teacher built from scratch
+
+    def used(self, task: str) -> dict:
+        """The keys that build a teacher of the task (its record): translation builds from seq2seq
+        and reads no init; the other tasks start from init and have no seq2seq."""
+        return self.model_dump(exclude={"init"} if task == "translation" else {"seq2seq"})
 
 
 class ExtractParams(Section):
@@ -302,6 +335,17 @@ class Params(Section):
             raise ValueError(f"augment.copies, data.labelled_fraction and data.unlabelled (a transfer set) apply to task classification, not {self.task!r}")
         if self.data.unlabelled and (self.data.source != "files" or self.data.text_pair_column):
             raise ValueError("data.unlabelled (one text per line) needs data.source: files and single texts (no data.text_pair_column)")
+        return self
+
+    @model_validator(mode="after")
+    def _translation_data(self) -> Params:
+        if self.task != "translation":
+            return self
+        dp = self.data
+        if dp.source != "files" or not dp.source_lang or not dp.target_lang:
+            raise ValueError("task translation reads parallel text files: data.source: files, data.dir, data.source_lang and data.target_lang (e.g. en, de)")
+        if dp.source_lang == dp.target_lang:
+            raise ValueError("data.source_lang and data.target_lang must differ")
         return self
 
     @model_validator(mode="after")

@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from attnkd.checkpoint import Checkpoints, rng_state, set_rng_state
 from attnkd.compute import CPU, Compute, to_device
-from attnkd.data import Split, collate, length_batches, padded_fraction
+from attnkd.data import Split, length_batches, padded_fraction
 from attnkd.errors import UserError
 from attnkd.tasks import Task
 
@@ -150,7 +150,7 @@ def fit(model, task: Task, train: Split, val: Split, budget: Budget, step_loss: 
                 break
             local = compute.shard(idx)
             with compute.autocast():
-                loss, terms = stepper(to_device(collate(train, local, pad_id), compute.device), local)
+                loss, terms = stepper(to_device(task.collate(train, local, pad_id), compute.device), local)
             check_finite(loss, terms, step)
             share = len(local) * compute.world / len(idx)  # DDP averages processes: weight each by its examples
             apply_gradients(loss * share, trainable, opt, sched, scaler)  # share is 1.0 with one process: the same gradient bit for bit

@@ -56,14 +56,20 @@ def read_lines(path: Path) -> list[str]:
     return out
 
 
-def read_parallel(root: Path, split: str, src: str, tgt: str) -> Parallel:
+def read_parallel(root: Path, split: str, src: str, tgt: str, empty: str = "drop") -> Parallel:
     """The aligned sentence pairs of one split: whitespace collapsed, pairs with an empty side
-    dropped (and counted). Files of different lengths stop with both files and counts named."""
+    dropped (and counted), or, with empty "fail", stopped at the first naming its file and line.
+    Files of different lengths stop with both files and counts named."""
     paths = {lang: find_file(root, split, lang) for lang in (src, tgt)}
     sides = {lang: read_lines(p) for lang, p in paths.items()}
     if len(sides[src]) != len(sides[tgt]):
         raise UserError(f"{paths[src]}: {len(sides[src])} lines, but {paths[tgt]} has {len(sides[tgt])}; parallel files must align line by line")
     pairs = [(" ".join(s.split()), " ".join(t.split())) for s, t in zip(sides[src], sides[tgt])]
+    if empty == "fail":
+        for number, pair in enumerate(pairs, start=1):
+            for lang, text in zip((src, tgt), pair):
+                if not text:
+                    raise UserError(f"{paths[lang]}: line {number}: empty sentence (data.empty_pairs: fail; drop skips such pairs and counts them)")
     kept = [(s, t) for s, t in pairs if s and t]
     return Parallel([s for s, _ in kept], [t for _, t in kept], len(pairs) - len(kept), {lang: p.name for lang, p in paths.items()})
 

@@ -36,7 +36,13 @@ class Task(Protocol):
     summary_metrics: tuple[str, ...]  # validation metrics kept in reports/train/<model>.json
     outputs: dict[str, str]  # raw model output -> "example" (a row per feature) | "token" (a value per real token)
 
+    model_types: tuple[str, ...]  # the config model_type of the models it trains (a BiLSTM student aside)
+
+    def bind(self, prepared: Path) -> Task: ...  # the task for this prepared data (translation: with its vocabulary)
     def model_class(self) -> type: ...  # a transformers model class with this task's head
+    def new_teacher(self, params, meta: PreparedMeta) -> tuple: ...  # (the model the teacher stage trains, its tokenizer)
+    def teacher_loss(self, params): ...  # the teacher's step loss (train.StepLoss)
+    def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict: ...  # a padded training batch
     def prepare(self, params, root: Path, out: Path) -> tuple[PreparedMeta, dict]: ...  # raw rows -> features: splits and meta.json in out; (meta, data report)
     def head_config(self, meta: PreparedMeta) -> dict: ...  # config of a fresh head for the prepared data (labels, names)
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View: ...  # {"logits": (R, C)}
@@ -92,6 +98,29 @@ def hard_label_loss(task: Task):
     return step_loss
 
 
+class EncoderTask:
+    """What the tasks on a pretrained BERT encoder with a head share: the teacher is teacher.init
+    (the packaged MiniLM or a local dir) with a fresh head of the task's, trained with the
+    registry's hard-label `ce` on the task's view; batches are `data.collate`'s."""
+
+    model_types = ("bert",)
+
+    def bind(self, prepared: Path):
+        return self  # nothing of the prepared data is needed beyond its splits
+
+    def new_teacher(self, params, meta: PreparedMeta) -> tuple:
+        from attnkd.models import load_model, load_tokenizer, resolve_init
+
+        init = resolve_init(params.teacher.init)
+        return load_model(init, self, head=self.head_config(meta)), load_tokenizer(init)
+
+    def teacher_loss(self, params):
+        return hard_label_loss(self)
+
+    def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict:
+        return collate(split, idx, pad_id)
+
+
 TASKS: dict[str, Task] = {}
 
 
@@ -109,11 +138,13 @@ def get_task(name: str) -> Task:
 def _register_builtin() -> None:
     from attnkd.tasks.classification import Classification
     from attnkd.tasks.squad import Squad
+    from attnkd.tasks.translation import Translation
 
     register(Classification())
     register(Squad())
+    register(Translation())
 
 
 _register_builtin()
 
-__all__ = ["TASKS", "Task", "View", "get_task", "hard_label_loss", "predict_rows", "raw_outputs", "register"]
+__all__ = ["TASKS", "EncoderTask", "Task", "View", "get_task", "hard_label_loss", "predict_rows", "raw_outputs", "register"]

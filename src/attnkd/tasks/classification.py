@@ -25,7 +25,7 @@ from attnkd.metrics import calibration_error, classification_metrics, confusion,
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
 from attnkd.reporting import LABELS, data_note, data_table
-from attnkd.tasks import View, predict_rows
+from attnkd.tasks import EncoderTask, View, predict_rows
 
 
 def read_source(dp: DataParams, root: Path) -> dict[str, sources.RawSplit]:
@@ -72,7 +72,7 @@ def add_unlabelled(splits: dict[str, pd.DataFrame], path: Path, dp: DataParams) 
     return pd.concat([splits["train"], extra], ignore_index=True), counts
 
 
-class Classification:
+class Classification(EncoderTask):
     name = "classification"
     select_by = "accuracy"
     summary_metrics = ("accuracy", "f1_macro")

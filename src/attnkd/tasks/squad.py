@@ -29,7 +29,7 @@ from attnkd.io import sha256_file
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
 from attnkd.squad import Question, best_answer, exact_match, f1, hub_document, parse_squad, read_squad, span_rows, split_by_article, windows
-from attnkd.tasks import View, predict_rows
+from attnkd.tasks import EncoderTask, View, predict_rows
 
 MAX_ANSWER_TOKENS = 30  # the longest answer a prediction may give (BERT's and HF's SQuAD default)
 FILL = -1e4  # the score of a masked or padded position
@@ -104,7 +104,7 @@ def check_windows(dp: DataParams) -> None:
         raise UserError(f"params.yaml: data.doc_stride: {dp.doc_stride} must be below half of data.max_length ({dp.max_length}), or windows barely advance")
 
 
-class Squad:
+class Squad(EncoderTask):
     name = "squad"
     select_by = "f1"
     summary_metrics = ("exact_match", "f1")

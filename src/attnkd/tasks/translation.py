@@ -1,0 +1,207 @@
+"""Machine translation: a target sentence per source sentence, scored by sacreBLEU.
+
+A feature is a sentence pair: `input_ids` the source's subword ids then </s>, and the task's own
+column `target_ids` the target's then </s> (both cut at `data.max_length`), over one joint
+byte-level BPE vocabulary that prepare trains on the training split and saves in the prepared
+data (`tokenizer/`, a Hugging Face tokenizer dir every model then carries). The teacher is an
+encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.seq2seq) with
+label-smoothed cross-entropy. Raw output: `logits` (B, m, V) under teacher forcing; view: one row
+per real target position, (R, V), and targets the gold token of each, so the registry's `ce` and
+`kd` are word-level. Predictions are greedy translations; validation picks the epoch by corpus
+BLEU; evaluation reports sacreBLEU's BLEU and chrF with their signatures, and per sentence chrF
+(the paired bootstrap's score) and sentence BLEU.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from attnkd import data, sources
+from attnkd.artifacts import PreparedMeta, SplitInfo
+from attnkd.compute import CPU, Compute
+from attnkd.data import Split
+from attnkd.errors import UserError
+from attnkd.io import sha256_file
+from attnkd.params import Params
+from attnkd.seq2seq import Architecture, build_model, collate_pairs, encode, forward, label_smoothed_ce, translate
+from attnkd.tasks import View
+from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, read_parallel, score, train_tokenizer
+
+TOKENIZER_DIR = "tokenizer"  # in the prepared data: the joint vocabulary
+
+
+def save_tokenizer(tok, out: Path) -> None:
+    """A `tokenizers.Tokenizer` as a Hugging Face tokenizer dir (AutoTokenizer loads it; models save it beside their weights)."""
+    from transformers import PreTrainedTokenizerFast
+
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token=PAD, bos_token=BOS, eos_token=EOS, unk_token=UNK).save_pretrained(str(out))
+
+
+def carve(pairs: Parallel, fraction: float, seed: int) -> tuple[Parallel, Parallel]:
+    """A seeded share of the pairs (in file order) as a new split, and the rest."""
+    rng = np.random.default_rng(seed)
+    taken = np.zeros(len(pairs), dtype=bool)
+    taken[rng.choice(len(pairs), max(1, round(fraction * len(pairs))), replace=False)] = True
+    pick = lambda keep: Parallel([s for s, k in zip(pairs.source, keep) if k], [t for t, k in zip(pairs.target, keep) if k])  # noqa: E731
+    return pick(~taken), pick(taken)
+
+
+def drop_seen(train: Parallel, evals: list[Parallel]) -> tuple[Parallel, int]:
+    """Training pairs whose source sentence is also an evaluation split's source removed, and their count."""
+    seen = {s for part in evals for s in part.source}
+    keep = [i for i, s in enumerate(train.source) if s not in seen]
+    return Parallel([train.source[i] for i in keep], [train.target[i] for i in keep], train.dropped_empty, train.files), len(train) - len(keep)
+
+
+def token_stats(ids: list[np.ndarray], full: list[int], max_length: int, side: str) -> dict:
+    lengths = np.array([len(x) for x in ids])
+    return {f"{side}_tokens_p50": int(np.percentile(lengths, 50)), f"{side}_tokens_p95": int(np.percentile(lengths, 95)),
+            f"{side}_tokens_max": int(lengths.max()), f"{side}_truncated": int(sum(n + 1 > max_length for n in full))}
+
+
+class Translation:
+    name = "translation"
+    select_by = "bleu"
+    summary_metrics = ("bleu", "chrf")
+    outputs = {"logits": "target"}  # (B, m, V) per target position
+    quality = {"bleu": "BLEU", "chrf": "chrF"}
+    short = "BLEU"
+    headline = {"bleu": "bleu", "chrf": "chrf"}
+    model_types = ("marian",)
+
+    def __init__(self, tokenizer=None):
+        self.tokenizer = tokenizer  # the prepared data's (bind): decodes predictions
+
+    def bind(self, prepared: Path) -> Translation:
+        """The task with the prepared data's vocabulary, which turns predicted ids into text."""
+        from attnkd.models import load_tokenizer
+
+        return Translation(load_tokenizer(Path(prepared) / TOKENIZER_DIR))
+
+    def model_class(self) -> type:
+        from transformers import MarianMTModel
+
+        return MarianMTModel
+
+    def prepare(self, params: Params, root: Path, out: Path) -> tuple[PreparedMeta, dict]:
+        """Parallel files to features: read the splits data.splits names ({stem}.{lang}[.gz] in
+        data.dir; a missing validation or test split is carved from train with the seed), drop
+        training pairs whose source is in an evaluation split, train the joint vocabulary on the
+        training split, encode both sides; write the splits, the vocabulary and meta.json."""
+        dp = params.data
+        folder = sources.resolve_dir(dp.dir, root)
+        stems = {k: v for k, v in dp.splits.model_dump().items() if v}
+        read = {split: read_parallel(folder, stem, dp.source_lang, dp.target_lang, dp.empty_pairs) for split, stem in stems.items()}
+        for split, part in read.items():
+            if not len(part):
+                raise UserError(f"{folder / stems[split]}.{dp.source_lang}: no sentence pairs")
+        splits = dict(read)
+        if "test" not in splits:
+            splits["train"], splits["test"] = carve(splits["train"], dp.test_fraction, params.seed)
+        if "validation" not in splits:
+            splits["train"], splits["validation"] = carve(splits["train"], dp.val_fraction, params.seed)
+        overlap = 0
+        if dp.drop_eval_overlap:
+            splits["train"], overlap = drop_seen(splits["train"], [splits["validation"], splits["test"]])
+        tok = train_tokenizer(splits["train"].source + splits["train"].target, dp.vocab_size)
+        save_tokenizer(tok, out / TOKENIZER_DIR)
+        report = {"source": dp.source, "task": f"translation {dp.source_lang}->{dp.target_lang}", "max_length": dp.max_length,
+                  "vocab_size": tok.get_vocab_size(), "train_pairs_source_also_in_evaluation": {"count": overlap, "removed": dp.drop_eval_overlap},
+                  "splits": {}}
+        infos = {}
+        for name in data.SPLITS:
+            part = splits[name]
+            src, tgt = encode(tok, part.source, dp.max_length), encode(tok, part.target, dp.max_length)
+            pd.DataFrame({"text": part.source, "text_pair": part.target, "label": np.zeros(len(part), dtype=np.int64),  # the target is target_ids
+                          "input_ids": src, "token_type_ids": [np.zeros(len(x), dtype=np.int8) for x in src], "target_ids": tgt,
+                          }).to_parquet(out / f"{name}.parquet", index=False)
+            infos[name] = SplitInfo(examples=len(part), inputs_sha256=data.ids_digest([*src, *tgt]), sha256=sha256_file(out / f"{name}.parquet"))
+            full = {side: [len(e.ids) for e in tok.encode_batch(texts)] for side, texts in (("source", part.source), ("target", part.target))}
+            where = f"{dp.dir}/{stems[name]}.{{{dp.source_lang},{dp.target_lang}}}" if name in read else f"carved from train (seed {params.seed})"
+            report["splits"][name] = {"from": where, "pairs": len(part), "dropped_empty": part.dropped_empty,
+                                      **token_stats(src, full["source"], dp.max_length, "source"), **token_stats(tgt, full["target"], dp.max_length, "target")}
+        meta = PreparedMeta(label_names=[], max_length=dp.max_length, source=dp.source, pair=True, tokenizer=TOKENIZER_DIR, splits=infos)
+        meta.write(out)
+        return meta, report
+
+    def head_config(self, meta: PreparedMeta) -> dict:
+        return {}
+
+    def new_teacher(self, params: Params, meta: PreparedMeta):
+        """An encoder-decoder of teacher.seq2seq over the prepared vocabulary, initialised from the seed."""
+        sp = params.teacher.seq2seq
+        arch = Architecture(sp.encoder_layers, sp.decoder_layers, sp.d_model, sp.heads, sp.ffn, sp.dropout, max_positions=max(256, 2 * meta.max_length))
+        return build_model(arch, len(self.tokenizer), params.seed), self.tokenizer
+
+    def teacher_loss(self, params: Params):
+        """Label-smoothed cross-entropy over the real target positions (teacher.seq2seq.label_smoothing)."""
+        eps = params.teacher.seq2seq.label_smoothing
+
+        def step_loss(model, batch: dict, idx: np.ndarray):
+            loss = label_smoothed_ce(forward(model, batch).logits, batch["labels"], eps)
+            return loss, {"ce": loss}
+
+        return step_loss
+
+    def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+        return collate_pairs([split.input_ids[i] for i in idx], [split.extra["target_ids"][i] for i in idx])
+
+    def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
+        return {"logits": raw["logits"][batch["decoder_attention_mask"].bool()]}  # (R, V): the real target positions
+
+    def targets(self, batch: dict) -> View:
+        return {"labels": batch["labels"][batch["decoder_attention_mask"].bool()]}  # (R,)
+
+    def predict(self, model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray:
+        """Greedy translations as target ids, one array per source (an object array, split order)."""
+        out = np.empty(len(split), dtype=object)
+        out[:] = translate(model, list(split.input_ids), beam=1, batch_size=batch_size, device=compute.device)
+        return out
+
+    def texts(self, predictions: np.ndarray) -> list[str]:
+        if self.tokenizer is None:
+            raise RuntimeError("Translation.bind(prepared) first: predictions are decoded with the prepared vocabulary")
+        return [self.tokenizer.decode(ids.tolist()) for ids in predictions]
+
+    def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]:
+        s = score(self.texts(predictions), list(split.extra["text_pair"]))
+        return {"bleu": s.bleu, "chrf": s.chrf}
+
+    def evaluation(self, split: Split, predictions: np.ndarray, meta: PreparedMeta, bins: int) -> tuple[dict, str]:
+        """Corpus BLEU and chrF of the test split with their signatures, and one row per sentence
+        (source, reference, translation, chrF, sentence BLEU)."""
+        hyps = self.texts(predictions)
+        s = score(hyps, list(split.extra["text_pair"]))
+        quality = {"bleu": round(s.bleu, 4), "chrf": round(s.chrf, 4), "bleu_signature": s.bleu_signature, "chrf_signature": s.chrf_signature,
+                   "sentences": len(hyps)}
+        frame = pd.DataFrame({"source": split.extra["text"], "reference": split.extra["text_pair"], "translation": hyps,
+                              "chrf": np.round(s.sentence_chrf, 4), "sentence_bleu": np.round(s.sentence_bleu, 4)})
+        return quality, frame.to_csv(index=False)
+
+    def caption(self, split: Split, i: int, meta: PreparedMeta) -> str:
+        return f"reference: {split.extra['text_pair'][i]}"
+
+    def quality_note(self, params: Params) -> str:
+        return "BLEU and chrF: sacreBLEU's corpus scores (0-100) of greedy translations of the test sources, cased and detokenised. "
+
+    def per_example(self, frame: pd.DataFrame) -> np.ndarray:
+        """The paired tests' per-example score: each sentence's chrF (corpus BLEU does not decompose into sentences)."""
+        return frame["chrf"].to_numpy(dtype=np.float64)
+
+    def data_table(self, report: dict) -> tuple[pd.DataFrame, str]:
+        keys = ("pairs", "dropped_empty", "source_tokens_p50", "source_tokens_p95", "source_truncated", "target_tokens_p50", "target_tokens_p95", "target_truncated")
+        rows = [{"split": name, **{k.replace("_", " "): report["splits"][name][k] for k in keys}} for name in data.SPLITS]
+        froms = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in data.SPLITS)
+        return pd.DataFrame(rows), f"Task: {report['task']}; a joint byte-level BPE vocabulary of {report['vocab_size']} entries; sources: {froms}."
+
+    def examples(self, frames: dict[str, pd.DataFrame], k: int) -> pd.DataFrame:
+        """The first k test sentences: source, reference and each model's translation."""
+        first = next(iter(frames.values())).head(k)
+        out = pd.DataFrame({"source": first["source"], "reference": first["reference"]})
+        for name, frame in frames.items():
+            out[name] = frame["translation"].head(k).fillna("").to_numpy()
+        return out

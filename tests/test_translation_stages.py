@@ -1,0 +1,151 @@
+"""Task translation through the prepare and teacher stage scripts on real Multi30k pairs: a joint
+vocabulary fixed by the training split, a tiny encoder-decoder trained from scratch, validation
+BLEU that is sacreBLEU's of the saved model's translations, and bad parallel files refused with
+one line naming the file."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from attnkd import data
+from attnkd.models import load_model, load_tokenizer
+from attnkd.tasks import get_task
+from attnkd.translation import read_lines, score
+from conftest import REPO, run_script, shared_data
+
+RAW = "multi30k/task1/raw"
+SIZES = {"train": 240, "val": 40, "test_2016_flickr": 40}  # first lines of each real file
+
+
+def write_excerpt(dst: Path) -> Path:
+    """The first lines of the real train, val and test files, plain text (train) and gzip (the rest)."""
+    raw = shared_data(f"{RAW}/val.en.gz") / RAW
+    dst.mkdir(parents=True, exist_ok=True)
+    for stem, n in SIZES.items():
+        for lang in ("en", "de"):
+            text = "\n".join(read_lines(raw / f"{stem}.{lang}.gz")[:n]) + "\n"
+            if stem == "train":
+                (dst / f"{stem}.{lang}").write_text(text, encoding="utf-8")
+            else:
+                (dst / f"{stem}.{lang}.gz").write_bytes(gzip.compress(text.encode("utf-8"), mtime=0))
+    return dst
+
+
+def translation_params(raw_dir: Path, **data_overrides) -> dict:
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["task"] = "translation"
+    params["data"] |= {"source": "files", "dir": str(raw_dir), "splits": {"train": "train", "validation": "val", "test": "test_2016_flickr"},
+                       "source_lang": "en", "target_lang": "de", "vocab_size": 400, "max_length": 32} | data_overrides
+    params["teacher"] |= {"epochs": 3, "batch_size": 16, "learning_rate": 3.0e-3, "warmup_ratio": 0.1, "checkpoint_every": 0, "eval_batch_size": 40,
+                          "seq2seq": {"encoder_layers": 1, "decoder_layers": 1, "d_model": 64, "heads": 4, "ffn": 128, "dropout": 0.1, "label_smoothing": 0.1}}
+    return params
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mt")
+    raw = write_excerpt(root / "raw")
+    (root / "params.yaml").write_text(yaml.safe_dump(translation_params(raw)))
+    p = ["--params", root / "params.yaml"]
+    assert run_script("prepare", *p, "--out", root / "prepared", "--report", root / "data.json") == 0
+    assert run_script("teacher", *p, "--prepared", root / "prepared", "--out", root / "teacher", "--metrics", root / "teacher.json",
+                      "--curve", root / "teacher.tsv") == 0
+    return root
+
+
+def test_prepare_writes_pairs_a_vocabulary_and_a_data_report(stages):
+    meta = data.load_meta(stages / "prepared")
+    assert {k: v.examples for k, v in meta.splits.items()} == {"train": 240, "validation": 40, "test": 40}
+    tok = load_tokenizer(stages / "prepared/tokenizer")
+    assert len(tok) == 400 and (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id) == (0, 1, 2)
+    test = data.load_split(stages / "prepared", "test")
+    first_de = read_lines(shared_data(f"{RAW}/val.en.gz") / RAW / "test_2016_flickr.de.gz")[0]
+    assert test.extra["text_pair"][0] == " ".join(first_de.split())
+    assert tok.decode(test.extra["target_ids"][0][:-1].tolist()) == test.extra["text_pair"][0]  # byte-level: the sentence comes back
+    report = json.loads((stages / "data.json").read_text())
+    assert report["task"] == "translation en->de" and report["splits"]["train"]["pairs"] == 240 and report["vocab_size"] == 400
+    assert report["splits"]["test"]["from"].endswith("test_2016_flickr.{en,de}")
+
+
+def test_prepare_is_deterministic(stages, tmp_path):
+    assert run_script("prepare", "--params", stages / "params.yaml", "--out", tmp_path / "again", "--report", tmp_path / "data.json") == 0
+    first, again = data.load_meta(stages / "prepared"), data.load_meta(tmp_path / "again")
+    assert first.splits == again.splits
+    assert (stages / "prepared/tokenizer/tokenizer.json").read_bytes() == (tmp_path / "again/tokenizer/tokenizer.json").read_bytes()
+
+
+def test_teacher_learns_and_its_validation_bleu_is_sacrebleus(stages):
+    """The curve's validation BLEU of the kept epoch equals sacreBLEU's corpus BLEU of the saved
+    model's greedy translations of the validation sources against their references."""
+    curve = pd.read_csv(stages / "teacher.tsv", sep="\t")
+    assert list(curve["epoch"]) == [1, 2, 3] and {"train_ce", "val_bleu", "val_chrf"} <= set(curve.columns)
+    assert curve["train_ce"].iloc[-1] < curve["train_ce"].iloc[0]
+    summary = json.loads((stages / "teacher.json").read_text())
+    task = get_task("translation").bind(stages / "prepared")
+    model = load_model(stages / "teacher", task)
+    assert type(model).__name__ == "MarianMTModel" and model.config.d_model == 64
+    val = data.load_split(stages / "prepared", "validation")
+    hyps = task.texts(task.predict(model, val, 40, 0))
+    again = score(hyps, list(val.extra["text_pair"]))
+    assert (summary["val_bleu"], summary["val_chrf"]) == (pytest.approx(again.bleu, abs=1e-9), pytest.approx(again.chrf, abs=1e-9))
+    assert curve["val_chrf"].iloc[-1] > curve["val_chrf"].iloc[0] > 0  # 45 steps on 240 pairs: chrF rises, BLEU is still 0
+    best = curve.loc[curve["val_bleu"].idxmax()]  # the kept epoch: the first with the best BLEU
+    assert summary["best_epoch"] == best["epoch"] and summary["val_chrf"] == pytest.approx(best["val_chrf"], abs=1e-5)
+    record = json.loads((stages / "teacher/attnkd.json").read_text())
+    assert record["params"]["seq2seq"]["d_model"] == 64 and "init" not in record["params"]
+
+
+def test_the_stages_after_the_teacher_say_translation_is_not_theirs_yet(stages, capsys):
+    rc = run_script("plan", "--params", stages / "params.yaml", "--teacher", stages / "teacher", "--out", stages / "plan.json")
+    assert rc == 2 and "task translation: prepare and teacher run" in capsys.readouterr().err
+    assert not (stages / "plan.json").exists()
+
+
+def bad_lengths(raw: Path) -> str:
+    (raw / "train.de").write_text("\n".join((raw / "train.de").read_text().splitlines()[:-1]) + "\n")
+    return r"train\.en: 240 lines, but .*train\.de has 239"
+
+
+def bad_empty_line(raw: Path) -> str:
+    lines = (raw / "train.en").read_text().splitlines()
+    (raw / "train.en").write_text("\n".join([lines[0], "  ", *lines[2:]]) + "\n")
+    return r"train\.en: line 2: empty sentence \(data\.empty_pairs: fail"
+
+
+def bad_not_utf8(raw: Path) -> str:
+    (raw / "train.de").write_bytes((raw / "train.de").read_bytes().replace(b"\n", b"\n\xff", 1))
+    return r"train\.de: line 2: not valid UTF-8"
+
+
+def bad_missing_language(raw: Path) -> str:
+    (raw / "val.de.gz").unlink()
+    return r"val\.de: not found \(nor \.gz\)"
+
+
+@pytest.mark.parametrize("case", [bad_lengths, bad_empty_line, bad_not_utf8, bad_missing_language], ids=lambda c: c.__name__)
+def test_bad_parallel_files_stop_prepare_with_one_line_and_no_output(tmp_path, capsys, case):
+    raw = write_excerpt(tmp_path / "raw")
+    pattern = case(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(translation_params(raw, empty_pairs="fail")))
+    capsys.readouterr()
+    rc = run_script("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "prepared", "--report", tmp_path / "data.json")
+    err = capsys.readouterr().err
+    lines = [l for l in err.splitlines() if l.startswith("error: ")]
+    assert rc == 2 and len(lines) == 1 and re.search(pattern, lines[0]), err[-1500:]
+    assert not (tmp_path / "prepared").exists() and not (tmp_path / "data.json").exists()
+
+
+def test_an_empty_pair_is_dropped_and_counted_by_default(tmp_path):
+    raw = write_excerpt(tmp_path / "raw")
+    bad_empty_line(raw)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(translation_params(raw)))
+    assert run_script("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "prepared", "--report", tmp_path / "data.json") == 0
+    report = json.loads((tmp_path / "data.json").read_text())
+    assert report["splits"]["train"]["dropped_empty"] == 1 and report["splits"]["train"]["pairs"] == 239
