@@ -15,7 +15,7 @@ from pathlib import Path
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.compute import finish, start
-from attnkd.distillation import StoreInputs, assemble
+from attnkd.distillation import StoreInputs, assemble, check_task
 from attnkd.errors import UserError, run_stage
 from attnkd.io import sha256_file
 from attnkd.models import load_model, load_tokenizer, weights_file
@@ -42,6 +42,7 @@ def main() -> None:
         raise UserError(f"{args.params}: distill.students: {args.student!r} is not listed (have {params.distill.students})")
     if args.seed not in params.student_seeds:
         raise UserError(f"{args.params}: student_seeds: {args.seed} is not listed (have {params.student_seeds})")
+    check_task(params.task)
     compute = start(params.compute.device, params.compute.precision)
     seed_everything(args.seed)
     name = student_name(args.student, args.method, args.seed)

@@ -1,5 +1,9 @@
 """Stage extract: run the teacher once over the training split and store its signals.
 
+Task translation: the encoder-decoder teacher's store (attnkd.pair_store): its translations of the
+training sources (sequence-level KD), its top-k per target position (word-level KD) and its
+cross-attention maps, on the targets each method trains on.
+
 Stores soft logits and the tensors the plan stage lists (for the teacher layers the distil layer
 map pairs with a student layer of any student in distill.students, exactly the tensors the
 configured methods' losses read: attention probabilities or scores, Q/K/V projections, hidden
@@ -15,6 +19,7 @@ from attnkd.compute import start
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_dir, read_json, sha256_file
 from attnkd.objective import store_plan
+from attnkd.pair_store import extract_pairs
 from attnkd.models import load_model, load_tokenizer, weights_file
 from attnkd.stage import parser, setup
 from attnkd.tasks import get_task
@@ -33,6 +38,8 @@ def main() -> None:
     meta = data.load_meta(args.prepared)
     train = data.load_training(args.prepared, args.transfer)  # the training split, then the transfer set
     task = get_task(params.task)
+    if params.task == "translation":
+        return extract_translation(args, params, train)
     model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
     planned = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
@@ -50,6 +57,22 @@ def main() -> None:
     size = sum(f.bytes for f in manifest.files.values())
     left = f"; over extract.max_gb {params.extract.max_gb:g}, left to distill (online): {online}" if online else ""
     print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}{left}")
+
+
+def extract_translation(args, params, train) -> None:
+    """An encoder-decoder teacher's store (attnkd.pair_store): its translations, top-k and
+    cross-attention, as the plan lists them for the methods' targets."""
+    ep = params.extract
+    model = load_model(args.teacher, get_task(params.task))
+    planned = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
+    describe = {"teacher_sha256": sha256_file(weights_file(args.teacher)), "inputs_sha256": data.ids_digest([*train.input_ids, *train.extra["target_ids"]])}
+    with atomic_dir(args.out) as tmp:
+        manifest = extract_pairs(model, train, planned, ep.topk, ep.beam, ep.dtype, ep.batch_size, tmp, describe)
+        size = sum(f.bytes for f in manifest.files.values())
+        if size > ep.max_gb * 2**30:
+            raise UserError(f"params.yaml: extract.max_gb: the translation store takes {size / 2**30:.2f} GiB, over {ep.max_gb:g}; "
+                            "raise it, or lower extract.topk or the mapped decoder layers")
+    print(f"extract: {len(train)} pairs, {planned}, {size / 2**20:.1f} MiB of extract.max_gb {ep.max_gb:g} GiB -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -411,3 +411,37 @@ def test_topk_kd_matches_hand_value_and_ignores_padded_positions():
     # zero when the student puts all its mass on the top-k in the teacher's tempered proportions
     exact = torch.tensor([[[math.log(p[0]) * T, math.log(p[1]) * T, -1e4], [0.0, 0.0, 0.0]]])
     assert topk_kd_loss(exact, ids, logp_t, mask, T).item() == pytest.approx(0.0, abs=1e-5)
+
+
+from attnkd.losses import cross_kl_loss
+
+
+def test_cross_kl_matches_hand_value_masks_padding_and_spares_the_teacher():
+    """B = 1, m = 2 target rows (the second padding), n = 3 source keys (the third padding, where
+    the teacher's rows hold 0); the teacher has 2 heads, the student 1: rows compare head-averaged."""
+    t = torch.tensor([[[[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]], [[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]]]], requires_grad=True)  # (1, 2, 2, 3)
+    s = torch.tensor([[[[0.25, 0.75, 0.0], [0.3, 0.3, 0.4]]]], requires_grad=True)  # (1, 1, 2, 3)
+    target_mask = torch.tensor([[1, 0]])
+    p = [0.6, 0.4]  # the teacher's first row averaged over its heads
+    expected = p[0] * math.log(0.6 / 0.25) + p[1] * math.log(0.4 / 0.75)
+    loss = LOSSES["cross_kl"].fn({"cross": s}, {"cross": t}, target_mask, LossConfig())
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    s2 = s.detach().clone()
+    s2[0, 0, 1] = torch.tensor([0.9, 0.05, 0.05])  # the padded target row
+    s2[0, 0, 0] = torch.tensor([0.2, 0.6, 0.2])  # mass on the padded source key: only the real keys' ratios count
+    expected2 = p[0] * math.log(0.6 / 0.2) + p[1] * math.log(0.4 / 0.6)
+    assert cross_kl_loss(s2, t, target_mask).item() == pytest.approx(expected2, abs=1e-6)
+    assert cross_kl_loss(t.detach().mean(1, keepdim=True), t, torch.tensor([[1, 1]])).item() == pytest.approx(0.0, abs=1e-6)
+    two = (expected + sum(a * math.log(a / b) for a, b in zip([0.15, 0.15, 0.7], [0.3, 0.3, 0.4]))) / 2
+    assert cross_kl_loss(s, t, torch.tensor([[1, 1]])).item() == pytest.approx(two, abs=1e-6)  # both rows real: their mean
+    loss.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+
+
+def test_seq_kd_matches_hand_value_on_the_teachers_tokens():
+    """The cross-entropy of ce, its targets the teacher's translation tokens (-1: padding)."""
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
+    teacher_tokens = torch.tensor([0, 1, -1])
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(math.e / (math.e + 2))) / 2
+    assert LOSSES["seq_kd"].fn({"logits": logits}, {"labels": teacher_tokens}, None, LossConfig()).item() == pytest.approx(expected, abs=1e-6)
+    assert LOSSES["seq_kd"].teacher_targets and LOSSES["seq_kd"].gold and not LOSSES["ce"].teacher_targets

@@ -1,7 +1,7 @@
-"""Task translation through the prepare and teacher stage scripts on real Multi30k pairs: a joint
-vocabulary fixed by the training split, a tiny encoder-decoder trained from scratch, validation
-BLEU that is sacreBLEU's of the saved model's translations, and bad parallel files refused with
-one line naming the file."""
+"""Task translation through the prepare, teacher, plan and extract stage scripts on real
+Multi30k pairs: a joint vocabulary fixed by the training split, a tiny encoder-decoder trained
+from scratch, validation BLEU that is sacreBLEU's of the saved model's translations, a signal
+store equal to the teacher online, and bad parallel files refused with one line naming the file."""
 
 from __future__ import annotations
 
@@ -10,18 +10,26 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from attnkd import data
+from attnkd.errors import UserError
 from attnkd.models import load_model, load_tokenizer
+from attnkd.objective import check_compatible
+from attnkd.pair_store import PairStore
+from attnkd.params import Params
+from attnkd.seq2seq import EOS_ID, collate_pairs, forward, translate
 from attnkd.tasks import get_task
 from attnkd.translation import read_lines, score
 from conftest import REPO, run_script, shared_data
 
 RAW = "multi30k/task1/raw"
 SIZES = {"train": 240, "val": 40, "test_2016_flickr": 40}  # first lines of each real file
+METHODS = {"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}, "seq_kd": {"seq_kd": 1.0}, "seq_kd_at": {"seq_kd": 1.0, "cross_kl": 1.0}}
 
 
 def write_excerpt(dst: Path) -> Path:
@@ -43,8 +51,11 @@ def translation_params(raw_dir: Path, **data_overrides) -> dict:
     params["task"] = "translation"
     params["data"] |= {"source": "files", "dir": str(raw_dir), "splits": {"train": "train", "validation": "val", "test": "test_2016_flickr"},
                        "source_lang": "en", "target_lang": "de", "vocab_size": 400, "max_length": 32} | data_overrides
+    params["students"] = {"small": {"family": "transformer", "num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "random"}}
+    params["methods"] = METHODS
+    params["extract"] |= {"topk": 4, "batch_size": 16}
     params["teacher"] |= {"epochs": 3, "batch_size": 16, "learning_rate": 3.0e-3, "warmup_ratio": 0.1, "checkpoint_every": 0, "eval_batch_size": 40,
-                          "seq2seq": {"encoder_layers": 1, "decoder_layers": 1, "d_model": 64, "heads": 4, "ffn": 128, "dropout": 0.1, "label_smoothing": 0.1}}
+                          "seq2seq": {"encoder_layers": 1, "decoder_layers": 2, "d_model": 64, "heads": 4, "ffn": 128, "dropout": 0.1, "label_smoothing": 0.1}}
     return params
 
 
@@ -57,6 +68,11 @@ def stages(tmp_path_factory):
     assert run_script("prepare", *p, "--out", root / "prepared", "--report", root / "data.json") == 0
     assert run_script("teacher", *p, "--prepared", root / "prepared", "--out", root / "teacher", "--metrics", root / "teacher.json",
                       "--curve", root / "teacher.tsv") == 0
+    (root / "transfer").mkdir()
+    assert run_script("augment", *p, "--prepared", root / "prepared", "--out", root / "transfer") == 0  # copies 0: an empty transfer set
+    assert run_script("plan", *p, "--teacher", root / "teacher", "--out", root / "plan.json") == 0
+    assert run_script("extract", *p, "--prepared", root / "prepared", "--transfer", root / "transfer", "--teacher", root / "teacher",
+                      "--plan", root / "plan.json", "--out", root / "signals") == 0
     return root
 
 
@@ -102,10 +118,60 @@ def test_teacher_learns_and_its_validation_bleu_is_sacrebleus(stages):
     assert record["params"]["seq2seq"]["d_model"] == 64 and "init" not in record["params"]
 
 
-def test_the_stages_after_the_teacher_say_translation_is_not_theirs_yet(stages, capsys):
-    rc = run_script("plan", "--params", stages / "params.yaml", "--teacher", stages / "teacher", "--out", stages / "plan.json")
-    assert rc == 2 and "task translation: prepare and teacher run" in capsys.readouterr().err
-    assert not (stages / "plan.json").exists()
+def test_the_plan_stores_what_each_method_reads_on_its_own_targets(stages):
+    """kd reads the top-k under the references; seq_kd the teacher's translations; seq_kd_at also
+    the cross-attention of teacher decoder layer 2 (of 2), which the uniform map pairs with the
+    student's one layer, under the translations."""
+    assert json.loads((stages / "plan.json").read_text())["tensors"] == {"reference/topk": [], "teacher/cross": [2], "teacher/ids": []}
+
+
+def test_the_store_holds_the_teachers_translations_topk_and_cross_attention_as_online(stages):
+    store = PairStore(stages / "signals")
+    task = get_task("translation").bind(stages / "prepared")
+    teacher = load_model(stages / "teacher", task)
+    train = data.load_split(stages / "prepared", "train")
+    sources = list(train.input_ids)
+    online = translate(teacher, sources, beam=1, batch_size=16)  # extract.batch_size
+    stored = store.translations()
+    assert len(stored) == 240 and all(s.tolist() == [*o.tolist(), EOS_ID] for s, o in zip(stored, online))
+    idx = np.array([3, 0, 77, 239])  # ragged: different source and target lengths
+    for target, tgts in (("reference", list(train.extra["target_ids"])), ("teacher", stored)):
+        batch = collate_pairs([sources[i] for i in idx], [tgts[i] for i in idx])
+        t, s = batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1]
+        got = store.batch(idx, target, store.manifest.tensors, t, s)
+        with torch.no_grad():
+            out = forward(teacher, batch, output_attentions=True)
+        real = batch["decoder_attention_mask"].bool()
+        if target == "reference":
+            logp, ids = torch.log_softmax(out.logits, -1).topk(4, -1)
+            assert torch.equal(got["topk_ids"][real], ids[real]) and torch.allclose(got["topk_logp"][real], logp[real], atol=1e-6)
+            assert ("cross", 2) not in got
+        else:
+            cross = out.cross_attentions[1]  # layer 2: (B, H, t, s), zero on padded source keys
+            assert got[("cross", 2)].shape == cross.shape and "topk_ids" not in got
+            assert torch.allclose(got[("cross", 2)] * real[:, None, :, None], cross * real[:, None, :, None], atol=2e-3)  # float16 store
+    heads = store.manifest.heads
+    assert store.manifest.files["teacher_cross_layer2.npy"].shape == [int(heads * sum(len(a) * len(b) for a, b in zip(stored, sources)))]
+
+
+def test_a_method_with_both_targets_or_a_loss_of_another_task_is_refused(stages, tmp_path, capsys):
+    doc = yaml.safe_load((stages / "params.yaml").read_text())
+    for methods, pattern in (({"mixed": {"ce": 1.0, "seq_kd": 1.0}}, r"methods\.mixed: .*a method takes one of the two targets"),
+                             ({"at": {"ce": 1.0, "attn_kl": 1.0}}, r"methods\.at: methods: attn_kl is not a loss of task translation \(its losses: ce, kd, seq_kd, cross_kl\)")):
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc | {"methods": methods}))
+        capsys.readouterr()
+        assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
+        assert re.search(pattern, capsys.readouterr().err)
+    with pytest.raises(UserError, match=r"seq_kd is not a loss of task classification"):
+        check_compatible({"seq_kd": 1.0}, Params().distill, Params().students["small"], 12, 384)
+
+
+def test_distill_says_translation_is_not_its_yet(stages, capsys):
+    rc = run_script("distill", "--params", stages / "params.yaml", "--prepared", stages / "prepared", "--teacher", stages / "teacher",
+                    "--signal-store", stages / "signals", "--out", stages / "student", "--metrics", stages / "s.json", "--curve", stages / "s.tsv",
+                    "--student", "small", "--method", "seq_kd", "--seed", "42")
+    assert rc == 2 and "distill, evaluate and report do not take translation yet" in capsys.readouterr().err
+    assert not (stages / "student").exists()
 
 
 def bad_lengths(raw: Path) -> str:

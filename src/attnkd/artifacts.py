@@ -7,6 +7,7 @@ same way for every artifact (prepared splits, model dirs, the signal store).
     PreparedMeta     data/prepared/meta.json     label names, max length, per split its size and digests
     ModelRecord      <model dir>/attnkd.json     what built a model, and the sha256 of its files
     SignalManifest   data/signals/manifest.json  what the store holds, how, from which inputs
+    PairManifest     data/signals/manifest.json  the same for an encoder-decoder teacher (task translation)
     TransferMeta     data/transfer/transfer.json the transfer set: how it was made, its size and digests
 """
 
@@ -118,6 +119,23 @@ class SignalManifest(Artifact):
     teacher_precision: str | None = None
     online: dict[str, list[int]] | None = None  # planned tensors over the size budget: distill runs the teacher for them
     max_bytes: int | None = None  # the size budget of the layer tensors, when some were left to distill
+
+
+class PairManifest(Artifact):
+    """The signal store of an encoder-decoder teacher (task translation), see attnkd.pair_store."""
+
+    FILE: ClassVar[str] = "manifest.json"
+    RERUN: ClassVar[str] = "re-run `dvc repro extract`"
+    format: str
+    num_examples: int
+    heads: int  # of the teacher's decoder cross-attention
+    topk: int  # tokens kept per target position
+    beam: int  # of the teacher's translations (1: greedy)
+    dtype: str  # storage dtype of the attention maps
+    tensors: dict[str, list[int]]  # "<target>/<kind>" -> teacher decoder layers (empty for per-token kinds)
+    files: dict[str, FileInfo]
+    teacher_sha256: str
+    inputs_sha256: str
 
 
 class TransferMeta(Artifact):

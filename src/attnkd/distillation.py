@@ -85,6 +85,13 @@ class DistillRun:
         return self.objective(model, batch, outputs_t, tensors_t)
 
 
+def check_task(name: str) -> None:
+    """Distillation trains students of the encoder tasks; translation stops at the signal store for now."""
+    if name == "translation":
+        raise UserError("task translation: prepare, teacher, plan and extract run (`dvc repro extract`); distill, evaluate and report "
+                        "do not take translation yet")
+
+
 def assemble(params: Params, student: str, method: str, seed: int, teacher: torch.nn.Module, store: SignalStore | None,
              expect: StoreInputs | None = None) -> DistillRun:
     """The run of `student` x `method` x `seed`, reading the teacher's signals from `store`, or
@@ -93,9 +100,10 @@ def assemble(params: Params, student: str, method: str, seed: int, teacher: torc
     dp, sp = params.distill, params.students[student]
     weights = params.methods[method].weights()
     task = get_task(params.task)
+    check_task(task.name)
     cfg = teacher.config
     pairs = resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, attention_layers(sp))
-    check_compatible(weights, dp, sp, cfg.num_attention_heads, cfg.hidden_size)
+    check_compatible(weights, dp, sp, cfg.num_attention_heads, cfg.hidden_size, task.name)
     wanted = wanted_tensors([weights], pairs, dp.attn_mse_on)
     if store is not None and expect is not None:
         store.require(wanted, expect.inputs_sha256, expect.teacher_sha256)

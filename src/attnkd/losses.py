@@ -96,6 +96,26 @@ def topk_kd_loss(logits_s: torch.Tensor, topk_ids: torch.Tensor, topk_logp_t: to
     return temperature**2 * (per_token * m).sum() / m.sum()
 
 
+def cross_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Cross-attention transfer between encoder-decoders, head-averaged: each target token's
+    alignment over the source tokens (the KL on attention distributions of MiniLM, applied to the
+    decoder's cross-attention as in Align-to-Distill), for any head counts on either side.
+
+    L = mean_b [ 1 / |y_b| sum_{j real} KL( a_t[b, j, :] || a_s[b, j, :] ) ],  a = the mean over heads
+
+    attn_s (B, H_s, m, n), attn_t (B, H_t, m, n): post-softmax, each row over the n source
+    tokens; mask (B, m): 1 on real target tokens (the queries). Padded source tokens (keys) hold
+    probability 0 in the teacher's rows (the model masks them; the store pads with 0), so they add
+    nothing; padded target rows are left out of the mean, and each pair is averaged over its own
+    target length.
+    """
+    p_t = attn_t.detach().float().mean(1)  # (B, m, n)
+    a_s = attn_s.float().mean(1)  # (B, m, n)
+    kl_rows = (p_t * (torch.log(p_t.clamp_min(eps)) - torch.log(a_s.clamp_min(eps)))).sum(-1)  # (B, m)
+    queries = mask.float()  # (B, m)
+    return ((kl_rows * queries).sum(-1) / queries.sum(-1)).mean()
+
+
 def attn_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """MiniLM self-attention distribution transfer (Wang et al. 2020, eq. 4).
 
@@ -242,6 +262,8 @@ class Loss:
     per_layer: bool  # applied to every mapped (teacher layer, student layer) pair, then averaged
     check: Callable[[LossConfig], str | None] = lambda cfg: None  # why it cannot pair these models, or None
     gold: bool = False  # reads the gold targets (the task's "labels" view) instead of the teacher's
+    teacher_targets: bool = False  # its targets are the teacher's outputs (sequence-level KD: the teacher's translations)
+    seq2seq: bool | None = False  # False: encoder tasks only; True: task translation only; None: every task
     projects: bool = False  # learns a (student width -> teacher width) projection when the widths differ
 
 
@@ -281,8 +303,12 @@ def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
 
 
 LOSSES: dict[str, Loss] = {
-    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True),
-    "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False),
+    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True, seq2seq=None),
+    "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False, seq2seq=None),
+    # sequence-level KD (Kim & Rush 2016): the cross-entropy of ce, on the teacher's translations instead of the references
+    "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True,
+                   teacher_targets=True, seq2seq=True),
+    "cross_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["cross"], t["cross"], mask), _kinds("cross"), per_layer=True, seq2seq=True),
     "kd_mse": Loss(lambda s, t, mask, cfg: kd_mse_loss(s["logits"], t["logits"]), _kinds("logits"), per_layer=False),
     "cls_kl": Loss(lambda s, t, mask, cfg: cls_kl_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),
     "cls_mse": Loss(lambda s, t, mask, cfg: cls_mse_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),

@@ -19,6 +19,7 @@ from attnkd.tasks import Task, get_task, raw_outputs
 
 Pairs = list[tuple[int, int]]
 CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models.capture)
+SEQ2SEQ_KINDS = ("cross",)  # the per-layer kinds an encoder-decoder student exposes: its decoder's cross-attention
 
 
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
@@ -49,25 +50,66 @@ def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
     config.json (depth, heads, width)."""
     dp = params.distill
     if params.task == "translation":
-        raise UserError("task translation: prepare and teacher run (`dvc repro teacher`); the stages after them (plan, extract, distill, "
-                        "evaluate, report) do not take translation yet")
+        return translation_plan(params, teacher_config)
     teacher_layers, teacher_heads, teacher_width = (teacher_config[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
     for name in dp.students:
         if params.students[name].family == "lstm" and params.task != "classification":
             raise UserError(f"students.{name}: family lstm classifies; task {params.task!r} needs a transformer student")
         for method, weights in params.methods.items():
             try:
-                check_compatible(weights.weights(), dp, params.students[name], teacher_heads, teacher_width)
+                check_compatible(weights.weights(), dp, params.students[name], teacher_heads, teacher_width, params.task)
             except UserError as e:
                 raise UserError(f"students.{name} with methods.{method}: {e}") from None
     pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, attention_layers(params.students[name]))})
     return wanted_tensors([m.weights() for m in params.methods.values()], pairs, dp.attn_mse_on)
 
 
-def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int) -> None:
-    """Fail at load time, naming the params key, when a loss cannot pair these models."""
+def translation_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
+    """What an encoder-decoder teacher's store must hold (attnkd.pair_store): per method, on its
+    targets (the teacher's translations for a method with a teacher-targets loss, else the
+    references), the top-k for an output-level loss and the cross-attention of the decoder
+    layers the layer map pairs with a student's, for a per-layer loss."""
+    dp = params.distill
+    wanted: dict[str, set[int]] = {}
+    for name in dp.students:
+        sp = params.students[name]
+        if sp.family != "transformer":
+            raise UserError(f"students.{name}: family {sp.family} classifies; task translation trains transformer encoder-decoders")
+        pairs = resolve_layer_map(dp.layer_map, teacher_config["decoder_layers"], sp.num_layers)
+        for method, weights in params.methods.items():
+            w = weights.weights()
+            try:
+                check_compatible(w, dp, sp, teacher_config["decoder_attention_heads"], teacher_config["d_model"], params.task)
+            except UserError as e:
+                raise UserError(f"students.{name} with methods.{method}: {e}") from None
+            target = "teacher" if any(LOSSES[k].teacher_targets for k in w) else "reference"
+            if target == "teacher":
+                wanted.setdefault("teacher/ids", set())
+            for k in w:
+                loss = LOSSES[k]
+                if loss.per_layer:
+                    for kind in loss.reads(LossConfig()):
+                        wanted.setdefault(f"{target}/{kind}", set()).update(t for t, _ in pairs)
+                elif not loss.gold:
+                    wanted.setdefault(f"{target}/topk", set())
+    return {k: sorted(v) for k, v in sorted(wanted.items())}
+
+
+def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int,
+                     task: str = "classification") -> None:
+    """Fail at load time, naming the params key, when a loss cannot pair these models or does not
+    apply to the task."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
-    exposed = FAMILY_KINDS[sp.family]
+    seq2seq = task == "translation"
+    for name in weights:
+        applies = LOSSES[name].seq2seq
+        if applies is not None and applies != seq2seq:
+            fitting = [n for n, loss in LOSSES.items() if loss.seq2seq is None or loss.seq2seq == seq2seq]
+            raise UserError(f"methods: {name} is not a loss of task {task} (its losses: {', '.join(fitting)})")
+    if seq2seq and any(LOSSES[n].teacher_targets for n in weights) and any(LOSSES[n].gold and not LOSSES[n].teacher_targets for n in weights):
+        raise UserError(f"methods: {', '.join(weights)}: one loss trains on the teacher's translations and another on the references; "
+                        "a method takes one of the two targets")
+    exposed = SEQ2SEQ_KINDS if seq2seq else FAMILY_KINDS[sp.family]
     for name in weights:
         lacking = [k for k in LOSSES[name].reads(cfg) if LOSSES[name].per_layer and k not in exposed]
         if lacking:

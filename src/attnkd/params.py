@@ -170,6 +170,8 @@ class ExtractParams(Section):
     # the most the layer tensors may take on disk; planned tensors past it (in plan order) are not
     # stored, and distill computes them from the teacher on every batch instead
     max_gb: PosFloat = 8.0
+    topk: PosInt = 8  # task translation: the teacher's most probable tokens kept per target position (word-level KD)
+    beam: PosInt = 1  # task translation: beam size of the teacher's translations (sequence-level KD); 1 = greedy
 
 
 class StudentParams(Section):

@@ -94,24 +94,6 @@ def label_smoothed_ce(logits: torch.Tensor, labels: torch.Tensor, smoothing: flo
     return F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=IGNORE, label_smoothing=smoothing)
 
 
-def cross_attention_kl(attn_s: torch.Tensor, attn_t: torch.Tensor, source_mask: torch.Tensor, target_mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """Cross-attention transfer, head-averaged (an alignment per target token, Align-to-Distill's
-    and MiniLM's KL on attention distributions, between encoder-decoders of any head counts):
-
-    L = mean_b [ 1 / |y_b| sum_{j real} KL( a_t[b, j, :] || a_s[b, j, :] ) ],  a = the heads' mean
-
-    attn_s (B, H_s, m, n), attn_t (B, H_t, m, n): post-softmax, rows over the n source tokens.
-    Padded source tokens (keys) are left out of each row's sum, padded target tokens (queries)
-    out of the mean; each pair is averaged over its own target length.
-    """
-    keys = source_mask[:, None, :].bool()  # (B, 1, n)
-    p_t = attn_t.detach().float().mean(1).masked_fill(~keys, 0.0)  # (B, m, n)
-    a_s = attn_s.float().mean(1)  # (B, m, n)
-    kl_rows = (p_t * (torch.log(p_t.clamp_min(eps)) - torch.log(a_s.clamp_min(eps)))).sum(-1)  # (B, m)
-    queries = target_mask.float()  # (B, m)
-    return ((kl_rows * queries).sum(-1) / queries.sum(-1)).mean()
-
-
 @torch.no_grad()
 def teacher_topk(logits: torch.Tensor, target_mask: torch.Tensor, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """Per pair, the teacher's k most probable tokens at each real target position under teacher
@@ -138,8 +120,8 @@ def pad_topk(rows: list[tuple[np.ndarray, np.ndarray]], m: int) -> tuple[torch.T
 def translate(model, sources: list[np.ndarray], beam: int, max_new_tokens: int | None = None, batch_size: int = 64, device="cpu") -> list[np.ndarray]:
     """Each source's translation as target ids without specials: greedy (beam 1) or beam search
     through `generate`, batched by source length, returned in the given order. At most
-    `max_new_tokens` tokens, or, when None, twice the batch's longest source plus 10 (within the
-    model's positions)."""
+    `max_new_tokens` tokens, or, when None, twice the source's own length plus 10 (within the
+    model's positions), so a translation does not depend on the batch it was decoded in."""
     from transformers import GenerationConfig
 
     model.eval()
@@ -148,11 +130,13 @@ def translate(model, sources: list[np.ndarray], beam: int, max_new_tokens: int |
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
         input_ids, mask = pad_rows([sources[i] for i in idx], PAD_ID)
-        limit = max_new_tokens or min(2 * input_ids.shape[1] + 10, model.config.max_position_embeddings - 1)
+        limits = [max_new_tokens or min(2 * len(sources[i]) + 10, model.config.max_position_embeddings - 1) for i in idx]
+        limit = max(limits)
         config = GenerationConfig(num_beams=beam, do_sample=False, max_new_tokens=limit, decoder_start_token_id=BOS_ID, bos_token_id=BOS_ID,
                                   eos_token_id=EOS_ID, pad_token_id=PAD_ID, early_stopping=beam > 1)
         generated = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device), generation_config=config)  # (B, 1 + steps): <s> first
-        for row, i in zip(generated[:, 1:].tolist(), idx):
+        for row, i, own in zip(generated[:, 1:].tolist(), idx, limits):
+            row = row[:own]
             ids = row[: row.index(EOS_ID)] if EOS_ID in row else row
             out[i] = np.array([t for t in ids if t != PAD_ID], dtype=np.int32)
     return out

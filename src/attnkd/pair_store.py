@@ -1,0 +1,164 @@
+"""The signal store of an encoder-decoder teacher (task translation), written once by extract.
+
+Every pair has two lengths: n_i source tokens and m_i target tokens (</s> included), and what a
+method reads depends on its targets: the references of the training split ("reference"), or the
+teacher's own translations of the training sources ("teacher", sequence-level KD). Entries of
+`tensors` are "<target>/<kind>":
+
+    teacher/ids         the teacher's translations: teacher_ids.npy, flat int32, pair i's m_i ids
+                        (</s> last) at offset sum_{j<i} m_j; teacher_lengths.npy (N,) int32
+    <target>/topk       its k most probable tokens at every target position under teacher forcing
+                        (word-level KD): <target>_topk_ids.npy int32 and <target>_topk_logp.npy
+                        float32 (log-probabilities at T = 1), (m_i, k) per pair, flat
+    <target>/cross      cross-attention of decoder layer l, post-softmax: <target>_cross_layer{l}.npy,
+                        (H, m_i, n_i) per pair at offset H * sum_{j<i} m_j n_j, in `dtype`
+
+with source_lengths.npy and reference_lengths.npy (N,) int32. Ragged (no padding): sizes grow with
+sum(m n), not N x max^2; memory-mapped when read; every file's sha256 in the manifest, checked on
+open.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from attnkd.artifacts import FileInfo, PairManifest, verify_files
+from attnkd.data import Split, length_batches
+from attnkd.errors import UserError
+from attnkd.io import read_json, sha256_file
+from attnkd.seq2seq import EOS_ID, collate_pairs, forward, pad_topk, teacher_topk, translate
+from attnkd.signals import NP_DTYPES, decode, encode
+
+FORMAT = "attnkd-pair-signals/1"
+TARGETS = ("reference", "teacher")
+
+
+def starts(sizes: np.ndarray) -> np.ndarray:
+    """(N + 1,) offset of each pair's block in a flat file of these (N,) block sizes."""
+    return np.concatenate([[0], np.cumsum(sizes.astype(np.int64))])
+
+
+def targets_of(split: Split, target: str, translations: list[np.ndarray] | None) -> list[np.ndarray]:
+    return list(split.extra["target_ids"]) if target == "reference" else translations
+
+
+@torch.no_grad()
+def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, beam: int, dtype: str, batch_size: int, out_dir: Path,
+                  describe: dict) -> PairManifest:
+    """Run the teacher over the training pairs and write the store into `out_dir` (exists,
+    empty): its translations first when a "teacher/..." entry is wanted (greedy, or beam search
+    of `beam`), then, per target, teacher forcing over length-sorted batches for the top-k and the
+    cross-attention maps of the wanted decoder layers."""
+    model.eval()
+    sources = list(split.input_ids)
+    n = np.array([len(s) for s in sources], dtype=np.int64)
+    translations = None
+    if any(k.startswith("teacher/") for k in wanted):
+        translations = [np.array([*ids, EOS_ID], dtype=np.int32) for ids in translate(model, sources, beam, batch_size=batch_size)]
+        np.save(out_dir / "teacher_ids.npy", np.concatenate(translations).astype(np.int32))
+    np.save(out_dir / "source_lengths.npy", n.astype(np.int32))
+    heads = model.config.decoder_attention_heads
+    for target in TARGETS:
+        kinds = {k.split("/")[1]: layers for k, layers in wanted.items() if k.startswith(f"{target}/") and k != "teacher/ids"}
+        if not kinds and not (target == "teacher" and translations is not None):
+            continue
+        tgts = targets_of(split, target, translations)
+        m = np.array([len(t) for t in tgts], dtype=np.int64)
+        np.save(out_dir / f"{target}_lengths.npy", m.astype(np.int32))
+        if not kinds:
+            continue
+        tok_at, map_at = starts(m), starts(heads * m * n)
+        files = {}
+        if "topk" in kinds:
+            files["ids"] = np.lib.format.open_memmap(out_dir / f"{target}_topk_ids.npy", mode="w+", dtype=np.int32, shape=(int(tok_at[-1]), topk))
+            files["logp"] = np.lib.format.open_memmap(out_dir / f"{target}_topk_logp.npy", mode="w+", dtype=np.float32, shape=(int(tok_at[-1]), topk))
+        layers = kinds.get("cross", [])
+        for l in layers:
+            files[l] = np.lib.format.open_memmap(out_dir / f"{target}_cross_layer{l}.npy", mode="w+", dtype=NP_DTYPES[dtype], shape=(int(map_at[-1]),))
+        for idx in tqdm(length_batches(m + n, batch_size), desc=f"extract {target}", unit="batch"):
+            batch = collate_pairs([sources[i] for i in idx], [tgts[i] for i in idx])
+            out = forward(model, batch, output_attentions=bool(layers))
+            if "topk" in kinds:
+                for i, (ids, logp) in zip(idx, teacher_topk(out.logits, batch["decoder_attention_mask"], topk)):
+                    files["ids"][tok_at[i] : tok_at[i + 1]] = ids
+                    files["logp"][tok_at[i] : tok_at[i + 1]] = logp
+            for l in layers:
+                maps = out.cross_attentions[l - 1].float().numpy()  # (B, H, m, n)
+                for row, i in enumerate(idx):
+                    files[l][map_at[i] : map_at[i + 1]] = encode(maps[row, :, : m[i], : n[i]].reshape(-1), dtype)
+        for f in files.values():
+            f.flush()
+        del files
+    listing = {}
+    for path in sorted(out_dir.glob("*.npy")):
+        arr = np.load(path, mmap_mode="r")
+        listing[path.name] = FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size, shape=list(arr.shape), dtype=str(arr.dtype))
+    manifest = PairManifest(format=FORMAT, num_examples=len(split), heads=heads, topk=topk, beam=beam, dtype=dtype,
+                            tensors={k: sorted(v) for k, v in sorted(wanted.items())}, files=listing, **describe)
+    manifest.write(out_dir)
+    return manifest
+
+
+class PairStore:
+    """Read side: verified on open, memory-mapped, gathered per batch and zero-padded."""
+
+    def __init__(self, root: Path, verify: bool = True):
+        self.root = Path(root)
+        path = self.root / PairManifest.FILE
+        if not path.is_file():
+            raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
+        found = read_json(path).get("format")
+        if found != FORMAT:
+            raise UserError(f"{path}: format {found!r} is not {FORMAT!r} (a store of another task?); re-run `dvc repro extract`")
+        self.manifest = PairManifest.read(self.root)
+        if verify:
+            verify_files(self.root, {k: f.sha256 for k, f in self.manifest.files.items()}, PairManifest.FILE, PairManifest.RERUN,
+                         sizes={k: f.bytes for k, f in self.manifest.files.items()})
+        load = lambda name: np.load(self.root / name, mmap_mode="r")  # noqa: E731
+        self.n = np.load(self.root / "source_lengths.npy").astype(np.int64)
+        self.m = {t: np.load(self.root / f"{t}_lengths.npy").astype(np.int64) for t in TARGETS if (self.root / f"{t}_lengths.npy").is_file()}
+        self.tok_at = {t: starts(m) for t, m in self.m.items()}
+        self.map_at = {t: starts(self.manifest.heads * m * self.n) for t, m in self.m.items()}
+        self.files = {name: load(name) for name in self.manifest.files if name not in ("source_lengths.npy", *(f"{t}_lengths.npy" for t in TARGETS))}
+
+    def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
+        """Refuse a store that lacks what the method reads or came from other pairs or another teacher."""
+        where = self.root / PairManifest.FILE
+        for key, layers in wanted.items():
+            if key not in self.manifest.tensors or not set(layers) <= set(self.manifest.tensors[key]):
+                raise UserError(f"{where}: {key} {layers or ''} is not stored (has {self.manifest.tensors}); re-run `dvc repro extract`")
+        if self.manifest.inputs_sha256 != inputs_sha256:
+            raise UserError(f"{where}: extracted from different prepared data; re-run `dvc repro extract`")
+        if self.manifest.teacher_sha256 != teacher_sha256:
+            raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
+
+    def translations(self) -> list[np.ndarray]:
+        """The teacher's translation of every training source (ids, </s> last)."""
+        flat, at = self.files["teacher_ids.npy"], self.tok_at["teacher"]
+        return [np.asarray(flat[at[i] : at[i + 1]], dtype=np.int32) for i in range(len(self.n))]
+
+    def batch(self, idx: np.ndarray, target: str, wanted: dict[str, list[int]], t: int, s: int) -> dict:
+        """For pairs `idx` and one target: "topk_ids" (B, t, k) and "topk_logp" (B, t, k) when
+        topk is wanted, ("cross", l) (B, H, t, s) per wanted layer, zero-padded to t target and
+        s source positions."""
+        out: dict = {}
+        m, n, tok_at, map_at = self.m[target], self.n, self.tok_at[target], self.map_at[target]
+        if f"{target}/topk" in wanted:
+            rows = [(np.asarray(self.files[f"{target}_topk_ids.npy"][tok_at[i] : tok_at[i + 1]]),
+                     np.asarray(self.files[f"{target}_topk_logp.npy"][tok_at[i] : tok_at[i + 1]])) for i in idx]
+            out["topk_ids"], out["topk_logp"] = pad_topk(rows, t)
+        h = self.manifest.heads
+        for l in wanted.get(f"{target}/cross", []):
+            x = np.zeros((len(idx), h, t, s), dtype=np.float32)
+            for row, i in enumerate(idx):
+                part = decode(self.files[f"{target}_cross_layer{l}.npy"][map_at[i] : map_at[i + 1]], self.manifest.dtype)
+                x[row, :, : m[i], : n[i]] = part.reshape(h, m[i], n[i])
+            out[("cross", l)] = torch.from_numpy(x)
+        return out
+
+
+__all__ = ["FORMAT", "PairStore", "TARGETS", "extract_pairs"]
