@@ -15,11 +15,10 @@ from pathlib import Path
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.compute import finish, start
-from attnkd.distillation import StoreInputs, assemble, check_task
+from attnkd.distillation import StoreInputs, assemble, open_store
 from attnkd.errors import UserError, run_stage
 from attnkd.io import sha256_file
 from attnkd.models import load_model, load_tokenizer, weights_file
-from attnkd.signals import SignalStore
 from attnkd.stage import parser, save_trained, seed_everything, setup, student_name
 from attnkd.tasks import get_task
 from attnkd.tracking import stage_run
@@ -42,19 +41,19 @@ def main() -> None:
         raise UserError(f"{args.params}: distill.students: {args.student!r} is not listed (have {params.distill.students})")
     if args.seed not in params.student_seeds:
         raise UserError(f"{args.params}: student_seeds: {args.seed} is not listed (have {params.student_seeds})")
-    check_task(params.task)
     compute = start(params.compute.device, params.compute.precision)
     seed_everything(args.seed)
     name = student_name(args.student, args.method, args.seed)
 
     meta = data.load_meta(args.prepared)
     training, val = data.load_training(args.prepared, args.transfer), data.load_split(args.prepared, "validation")
-    teacher, tokenizer = load_model(args.teacher, get_task(params.task)), load_tokenizer(args.teacher)
+    task = get_task(params.task).bind(args.prepared)
+    teacher, tokenizer = load_model(args.teacher, task), load_tokenizer(args.teacher)
     inputs = {"prepared": meta.model_dump()["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
     online = params.distill.signals == "online"
-    expect = StoreInputs(data.ids_digest(training.input_ids), inputs["teacher_sha256"], len(training))
+    expect = StoreInputs(task.inputs_digest(training), inputs["teacher_sha256"], len(training))
     run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
-                   None if online else SignalStore(args.signal_store), expect)
+                   None if online else open_store(args.signal_store, task), expect, task)
     if run.live:  # tensors the store left out (over extract.max_gb): the teacher computes them on every batch
         run.teacher.to(compute.device)
         print(f"distill {name}: {run.live} from the teacher on every batch (over the store's extract.max_gb)")

@@ -29,6 +29,8 @@ def main() -> None:
     args = p.parse_args()
     params = setup(args.params)
     ep = params.evaluate
+    if params.task == "translation":
+        raise UserError("task translation: prepare, teacher, plan, extract and distill run (`dvc repro distill`); evaluate and report do not take translation yet")
 
     meta = data.load_meta(args.prepared)
     test = data.load_split(args.prepared, "test")

@@ -445,3 +445,13 @@ def test_seq_kd_matches_hand_value_on_the_teachers_tokens():
     expected = -(math.log(math.exp(2) / (math.exp(2) + 2)) + math.log(math.e / (math.e + 2))) / 2
     assert LOSSES["seq_kd"].fn({"logits": logits}, {"labels": teacher_tokens}, None, LossConfig()).item() == pytest.approx(expected, abs=1e-6)
     assert LOSSES["seq_kd"].teacher_targets and LOSSES["seq_kd"].gold and not LOSSES["ce"].teacher_targets
+
+
+def test_ce_with_label_smoothing_matches_hand_value():
+    """eps = 0.1 over C = 3: (1 - eps) (-log q[y]) + eps * mean_c (-log q[c]); rows without a label add nothing."""
+    logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 9.0]])
+    logq = torch.log_softmax(logits[0], -1)
+    expected = 0.9 * -logq[0].item() + 0.1 * -logq.mean().item()
+    cfg = LossConfig(label_smoothing=0.1)
+    assert LOSSES["ce"].fn({"logits": logits}, {"labels": torch.tensor([0, -1])}, None, cfg).item() == pytest.approx(expected, abs=1e-6)
+    assert LOSSES["ce"].fn({"logits": logits[:1]}, {"labels": torch.tensor([0])}, None, LossConfig()).item() == pytest.approx(-logq[0].item(), abs=1e-6)

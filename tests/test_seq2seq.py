@@ -2,13 +2,12 @@
 config: batching, label-smoothed cross-entropy, cross-attention transfer, the teacher's top-k,
 and decoding."""
 
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from attnkd.losses import cross_kl_loss, topk_kd_loss
+from attnkd.losses import topk_kd_loss
 from attnkd.seq2seq import (BOS_ID, EOS_ID, IGNORE, PAD_ID, Architecture, build_model, collate_pairs, encode, forward,
                             label_smoothed_ce, pad_topk, teacher_topk, translate)
 from attnkd.translation import read_parallel, train_tokenizer

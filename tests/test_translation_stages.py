@@ -54,6 +54,8 @@ def translation_params(raw_dir: Path, **data_overrides) -> dict:
     params["students"] = {"small": {"family": "transformer", "num_layers": 1, "hidden_size": 32, "num_heads": 4, "intermediate_size": 64, "init": "random"}}
     params["methods"] = METHODS
     params["extract"] |= {"topk": 4, "batch_size": 16}
+    params["distill"] |= {"epochs": 2, "batch_size": 16, "learning_rate": 3.0e-3, "label_smoothing": 0.1, "checkpoint_every": 0, "eval_batch_size": 40}
+    params["student_seeds"] = [42]
     params["teacher"] |= {"epochs": 3, "batch_size": 16, "learning_rate": 3.0e-3, "warmup_ratio": 0.1, "checkpoint_every": 0, "eval_batch_size": 40,
                           "seq2seq": {"encoder_layers": 1, "decoder_layers": 2, "d_model": 64, "heads": 4, "ffn": 128, "dropout": 0.1, "label_smoothing": 0.1}}
     return params
@@ -166,12 +168,87 @@ def test_a_method_with_both_targets_or_a_loss_of_another_task_is_refused(stages,
         check_compatible({"seq_kd": 1.0}, Params().distill, Params().students["small"], 12, 384)
 
 
-def test_distill_says_translation_is_not_its_yet(stages, capsys):
-    rc = run_script("distill", "--params", stages / "params.yaml", "--prepared", stages / "prepared", "--teacher", stages / "teacher",
-                    "--signal-store", stages / "signals", "--out", stages / "student", "--metrics", stages / "s.json", "--curve", stages / "s.tsv",
-                    "--student", "small", "--method", "seq_kd", "--seed", "42")
-    assert rc == 2 and "distill, evaluate and report do not take translation yet" in capsys.readouterr().err
-    assert not (stages / "student").exists()
+def distill(stages: Path, method: str, seed: int = 42, **extra: str) -> int:
+    return run_script("distill", "--params", stages / "params.yaml", "--prepared", stages / "prepared", "--transfer", stages / "transfer",
+                      "--teacher", stages / "teacher", "--signal-store", stages / "signals", "--out", stages / f"small-{method}-s{seed}",
+                      "--metrics", stages / f"small-{method}-s{seed}.json", "--curve", stages / f"small-{method}-s{seed}.tsv",
+                      "--student", "small", "--method", method, "--seed", str(seed))
+
+
+@pytest.fixture(scope="module")
+def students(stages):
+    for method in METHODS:
+        assert distill(stages, method) == 0
+    return stages
+
+
+def test_every_method_trains_a_student_on_its_targets(students):
+    """Each student is a smaller encoder-decoder; seq_kd and seq_kd_at train on the teacher's
+    translations (their first-epoch loss is below ce's, on the references: the teacher's
+    outputs are easier to fit), kd on the references with the top-k term logged."""
+    curves = {m: pd.read_csv(students / f"small-{m}-s42.tsv", sep="\t") for m in METHODS}
+    records = {m: json.loads((students / f"small-{m}-s42/attnkd.json").read_text()) for m in METHODS}
+    assert {m: r["targets"] for m, r in records.items()} == {"ce": "reference", "kd": "reference", "seq_kd": "teacher", "seq_kd_at": "teacher"}
+    assert "train_kd" in curves["kd"] and "train_cross_kl" in curves["seq_kd_at"] and "train_seq_kd" in curves["seq_kd"]
+    assert records["seq_kd_at"]["layer_pairs"] == [[2, 1]]
+    assert curves["seq_kd"]["train_seq_kd"].iloc[0] < curves["ce"]["train_ce"].iloc[0]
+    student = load_model(students / "small-seq_kd_at-s42", get_task("translation"))
+    assert (student.config.d_model, student.config.encoder_layers, student.config.decoder_layers) == (32, 1, 1)
+    assert curves["seq_kd"]["train_seq_kd"].iloc[-1] < curves["seq_kd"]["train_seq_kd"].iloc[0]
+
+
+def test_a_students_seq_kd_is_the_cross_entropy_on_the_stored_translations(students):
+    """Recompute the first batch of seq_kd_at by hand from the store: the cross-entropy of an
+    untrained student on the teacher's translations, and the cross-attention KL against the
+    teacher's maps under them, equal the run's objective on that batch."""
+    from attnkd.distillation import assemble
+    from attnkd.losses import cross_kl_loss
+
+    params = Params.model_validate(yaml.safe_load((students / "params.yaml").read_text()))
+    task = get_task("translation").bind(students / "prepared")
+    teacher = load_model(students / "teacher", task)
+    store = PairStore(students / "signals")
+    run = assemble(params, "small", "seq_kd_at", 42, teacher, store, task=task)
+    train = run.rows(data.load_split(students / "prepared", "train"))
+    idx = np.array([5, 9, 100])
+    batch = task.collate(train, idx, 0)
+    stored = store.translations()
+    assert batch["labels"][0, : len(stored[5])].tolist() == stored[5].tolist()
+    run.student.eval()
+    total, terms = run.step_loss(run.student, batch, idx)
+    out = forward(run.student, batch, output_attentions=True)
+    real = batch["decoder_attention_mask"].bool()
+    ce = torch.nn.functional.cross_entropy(out.logits[real], batch["labels"][real], label_smoothing=params.distill.label_smoothing)
+    cross_t = store.batch(idx, "teacher", {"teacher/cross": [2]}, real.shape[1], batch["input_ids"].shape[1])[("cross", 2)]
+    kl = cross_kl_loss(out.cross_attentions[0], cross_t, batch["decoder_attention_mask"])
+    assert terms["seq_kd"].item() == pytest.approx(ce.item(), abs=1e-5) and terms["cross_kl"].item() == pytest.approx(kl.item(), abs=1e-5)
+    assert total.item() == pytest.approx(ce.item() + kl.item(), abs=1e-5)
+
+
+def test_kd_from_the_stored_topk_is_word_level_kd(students):
+    """kd on the teacher's rows rebuilt from its stored top-k equals losses.topk_kd_loss."""
+    from attnkd.distillation import assemble
+    from attnkd.losses import topk_kd_loss
+
+    params = Params.model_validate(yaml.safe_load((students / "params.yaml").read_text()))
+    task = get_task("translation").bind(students / "prepared")
+    run = assemble(params, "small", "kd", 42, load_model(students / "teacher", task), PairStore(students / "signals"), task=task)
+    train = run.rows(data.load_split(students / "prepared", "train"))
+    idx = np.array([1, 2, 3, 200])
+    batch = task.collate(train, idx, 0)
+    run.student.eval()
+    _, terms = run.step_loss(run.student, batch, idx)
+    got = PairStore(students / "signals").batch(idx, "reference", {"reference/topk": []}, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
+    expected = topk_kd_loss(forward(run.student, batch).logits, got["topk_ids"], got["topk_logp"], batch["decoder_attention_mask"], params.distill.temperature)
+    assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_evaluate_says_translation_is_not_its_yet(students, capsys):
+    rc = run_script("evaluate", "--params", students / "params.yaml", "--prepared", students / "prepared", "--teacher", students / "teacher",
+                    "--students", students, "--metrics-dir", students / "metrics", "--predictions-dir", students / "predictions",
+                    "--attention", students / "attention.json")
+    assert rc == 2 and "evaluate and report do not take translation yet" in capsys.readouterr().err
+    assert not (students / "metrics").exists()
 
 
 def bad_lengths(raw: Path) -> str:

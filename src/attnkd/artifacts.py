@@ -90,6 +90,7 @@ class ModelRecord(Artifact):
     distill: dict | None = None
     layer_pairs: list[tuple[int, int]] | None = None
     examples: dict[str, int] | None = None  # training rows it saw per epoch, and epochs: {"labelled": n, "unlabelled": m, "epochs": e}
+    targets: Literal["reference", "teacher"] | None = None  # translation: trained on the references or the teacher's translations
 
 
 class FileInfo(BaseModel):

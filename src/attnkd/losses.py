@@ -16,16 +16,17 @@ import torch.nn.functional as F
 from attnkd.errors import UserError
 
 
-def ce_loss(logits_s: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def ce_loss(logits_s: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
     """Hard-label cross-entropy, mean over the rows with a gold label. A label of -1 marks a row
     without one (few labels, the transfer set): it adds nothing, and a batch of such rows gives 0.
+    With label smoothing eps (Szegedy et al. 2016): (1 - eps) (-log q[y]) + eps mean_c (-log q[c]).
     logits_s (B, C), labels (B,)."""
     gold = labels >= 0  # (B,)
     if bool(gold.all()):
-        return F.cross_entropy(logits_s, labels)
+        return F.cross_entropy(logits_s, labels, label_smoothing=smoothing)
     if not bool(gold.any()):
         return logits_s.sum() * 0.0
-    return F.cross_entropy(logits_s[gold], labels[gold])
+    return F.cross_entropy(logits_s[gold], labels[gold], label_smoothing=smoothing)
 
 
 def kd_loss(logits_s: torch.Tensor, logits_t: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -245,6 +246,7 @@ class LossConfig:
     models' shapes, and the layer pair's learned projection (hidden_mse with unequal widths)."""
 
     temperature: float = 1.0
+    label_smoothing: float = 0.0  # of the hard-label losses
     head_policy: str = "per_head"  # per_head | average (head-averaged maps)
     relation_heads: int = 1
     attn_mse_on: str = "probs"  # probs | scores
@@ -303,10 +305,11 @@ def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
 
 
 LOSSES: dict[str, Loss] = {
-    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True, seq2seq=None),
+    "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
+               seq2seq=None),
     "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False, seq2seq=None),
     # sequence-level KD (Kim & Rush 2016): the cross-entropy of ce, on the teacher's translations instead of the references
-    "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"]), _kinds("logits", "labels"), per_layer=False, gold=True,
+    "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
                    teacher_targets=True, seq2seq=True),
     "cross_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["cross"], t["cross"], mask), _kinds("cross"), per_layer=True, seq2seq=True),
     "kd_mse": Loss(lambda s, t, mask, cfg: kd_mse_loss(s["logits"], t["logits"]), _kinds("logits"), per_layer=False),

@@ -256,4 +256,6 @@ def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
         return out.attentions[layer - 1][:, :, 0, :].mean(1)  # (B, T): the [CLS] query row, head-averaged
     if kind == "hidden":
         return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
+    if kind == "cross":
+        return out.cross_attentions[layer - 1]  # (B, H, m, n): an encoder-decoder's decoder layer over the source
     return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)

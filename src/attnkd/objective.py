@@ -13,7 +13,7 @@ import torch
 
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES, LossConfig, resolve_layer_map
-from attnkd.models import FAMILY_KINDS, attention_layers, capture, forward, layer_tensor, student_width
+from attnkd.models import FAMILY_KINDS, attention_layers, capture, layer_tensor, student_width
 from attnkd.params import DistillParams, Params, StudentParams
 from attnkd.tasks import Task, get_task, raw_outputs
 
@@ -24,7 +24,7 @@ SEQ2SEQ_KINDS = ("cross",)  # the per-layer kinds an encoder-decoder student exp
 
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
     """The losses' config for a student architecture under this teacher and these distill params."""
-    return LossConfig(temperature=dp.temperature, head_policy=dp.head_policy, relation_heads=dp.relation_heads, attn_mse_on=dp.attn_mse_on,
+    return LossConfig(temperature=dp.temperature, label_smoothing=dp.label_smoothing, head_policy=dp.head_policy, relation_heads=dp.relation_heads, attn_mse_on=dp.attn_mse_on,
                       student_heads=1 if sp.family == "lstm" else sp.num_heads, student_width=student_width(sp), teacher_heads=teacher_heads,
                       teacher_width=teacher_width)
 
@@ -82,17 +82,28 @@ def translation_plan(params: Params, teacher_config: dict) -> dict[str, list[int
                 check_compatible(w, dp, sp, teacher_config["decoder_attention_heads"], teacher_config["d_model"], params.task)
             except UserError as e:
                 raise UserError(f"students.{name} with methods.{method}: {e}") from None
-            target = "teacher" if any(LOSSES[k].teacher_targets for k in w) else "reference"
+            target, kinds = seq2seq_wanted(w, pairs)
             if target == "teacher":
                 wanted.setdefault("teacher/ids", set())
-            for k in w:
-                loss = LOSSES[k]
-                if loss.per_layer:
-                    for kind in loss.reads(LossConfig()):
-                        wanted.setdefault(f"{target}/{kind}", set()).update(t for t, _ in pairs)
-                elif not loss.gold:
-                    wanted.setdefault(f"{target}/topk", set())
+            for kind, layers in kinds.items():
+                wanted.setdefault(f"{target}/{kind}", set()).update(layers)
     return {k: sorted(v) for k, v in sorted(wanted.items())}
+
+
+def seq2seq_wanted(weights: dict[str, float], pairs: Pairs) -> tuple[str, dict[str, list[int]]]:
+    """An encoder-decoder method's targets ("teacher": its translations, for a loss with teacher
+    targets; else "reference") and what it reads of the teacher under them: "topk" for an
+    output-level loss, and each per-layer kind at the mapped teacher decoder layers."""
+    target = "teacher" if any(LOSSES[k].teacher_targets for k in weights) else "reference"
+    kinds: dict[str, list[int]] = {}
+    for k in weights:
+        loss = LOSSES[k]
+        if loss.per_layer:
+            for kind in loss.reads(LossConfig()):
+                kinds[kind] = sorted({t for t, _ in pairs})
+        elif not loss.gold:
+            kinds["topk"] = []
+    return target, kinds
 
 
 def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int,
@@ -149,10 +160,10 @@ class Objective(torch.nn.Module):
         """The weighted total and every unweighted term: per loss (`attn_kl`), and for the
         per-layer losses also per pair (`attn_kl/t3-s1`). `outputs_t`: the teacher's raw outputs
         (the task's, e.g. {"logits": (B, C)}); `t`: (kind, teacher layer) -> tensor."""
-        mask = batch["attention_mask"]  # (B, T)
+        mask = self.task.loss_mask(batch)  # (B, T): the real tokens (of the target, for an encoder-decoder)
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
-            out = forward(student, batch, output_attentions=bool({"attn", "cls"} & self.kinds), output_hidden_states="hidden" in self.kinds)
+            out = self.task.forward(student, batch, output_attentions=bool({"attn", "cls", "cross"} & self.kinds), output_hidden_states="hidden" in self.kinds)
         view_s = self.task.view(raw_outputs(self.task, out), batch)  # {"logits": (R, C)}
         view_t = self.task.view(outputs_t, batch) if outputs_t else {}  # none for a method of gold losses only
         targets = self.task.targets(batch)  # {"labels": (R,)}

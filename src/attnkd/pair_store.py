@@ -161,4 +161,20 @@ class PairStore:
         return out
 
 
-__all__ = ["FORMAT", "PairStore", "TARGETS", "extract_pairs"]
+class PairSource:
+    """What one method reads of a PairStore: the signals under its targets, per batch, in the
+    shapes distill's objective takes (signals.teacher_batch's)."""
+
+    def __init__(self, store: PairStore, target: str):
+        self.store, self.target = store, target
+
+    def batch(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+        """({"topk_ids", "topk_logp"} when stored for the target, {("cross", l): (B, H, m, n)})."""
+        keys = {f"{self.target}/{kind}": layers for kind, layers in wanted.items()}
+        got = self.store.batch(idx, self.target, keys, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
+        device = batch["input_ids"].device
+        outputs = {k: got[k].to(device) for k in ("topk_ids", "topk_logp") if k in got}
+        return outputs, {k: v.to(device) for k, v in got.items() if isinstance(k, tuple)}
+
+
+__all__ = ["FORMAT", "PairSource", "PairStore", "TARGETS", "extract_pairs"]

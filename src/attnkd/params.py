@@ -222,6 +222,7 @@ class DistillParams(TrainingParams):
     # layers; or an explicit list of [teacher_layer, student_layer] pairs (1-based).
     layer_map: Literal["uniform", "last"] | list[LayerPair] = "uniform"
     temperature: PosFloat = 2.0
+    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0  # of the hard-label losses (ce, seq_kd); translation uses 0.1
     # attention losses with different head counts: per_head needs equal counts; average
     # compares head-averaged maps. Relation losses use relation_heads on both sides instead.
     head_policy: Literal["per_head", "average"] = "per_head"

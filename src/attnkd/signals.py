@@ -258,7 +258,10 @@ def online_batch(teacher, batch: dict, wanted: dict[str, list[int]], task=None) 
 
 
 def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]], task=None) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-    """The teacher's signals for one batch: read from a SignalStore, or from a teacher run now."""
+    """The teacher's signals for one batch: read from a SignalStore (or a PairSource: an
+    encoder-decoder teacher's store), or from a teacher run now."""
+    if hasattr(source, "store"):  # pair_store.PairSource
+        return source.batch(idx, batch, wanted)
     if isinstance(source, SignalStore):
         device = batch["input_ids"].device
         outputs, tensors = source.batch(idx, batch["attention_mask"].shape[1], wanted)

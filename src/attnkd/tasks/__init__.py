@@ -43,6 +43,10 @@ class Task(Protocol):
     def new_teacher(self, params, meta: PreparedMeta) -> tuple: ...  # (the model the teacher stage trains, its tokenizer)
     def teacher_loss(self, params): ...  # the teacher's step loss (train.StepLoss)
     def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict: ...  # a padded training batch
+    def forward(self, model, batch: dict, **kwargs): ...  # the model on a collated batch (kwargs: output_attentions, ...)
+    def loss_mask(self, batch: dict) -> torch.Tensor: ...  # (B, T) the real tokens the per-layer losses average over
+    def inputs_digest(self, split: Split) -> str: ...  # the digest a signal store proves it was extracted from
+    def new_student(self, teacher, sp, pairs: list[tuple[int, int]], seed: int): ...  # a student of the catalogue entry `sp`
     def prepare(self, params, root: Path, out: Path) -> tuple[PreparedMeta, dict]: ...  # raw rows -> features: splits and meta.json in out; (meta, data report)
     def head_config(self, meta: PreparedMeta) -> dict: ...  # config of a fresh head for the prepared data (labels, names)
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View: ...  # {"logits": (R, C)}
@@ -88,11 +92,11 @@ def predict_rows(model, split: Split, batch_size: int, pad_id: int, width: int, 
 
 def hard_label_loss(task: Task):
     """The teacher's step loss: hard-label cross-entropy on the task's view (the registry's `ce`)."""
-    from attnkd.losses import LOSSES
+    from attnkd.losses import LOSSES, LossConfig
     from attnkd.models import forward
 
     def step_loss(model, batch: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = LOSSES["ce"].fn(task.view(raw_outputs(task, forward(model, batch)), batch), task.targets(batch), batch["attention_mask"], None)
+        loss = LOSSES["ce"].fn(task.view(raw_outputs(task, forward(model, batch)), batch), task.targets(batch), batch["attention_mask"], LossConfig())
         return loss, {"ce": loss}
 
     return step_loss
@@ -119,6 +123,24 @@ class EncoderTask:
 
     def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict:
         return collate(split, idx, pad_id)
+
+    def forward(self, model, batch: dict, **kwargs):
+        from attnkd.models import forward
+
+        return forward(model, batch, **kwargs)
+
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        return batch["attention_mask"]  # (B, T)
+
+    def inputs_digest(self, split: Split) -> str:
+        from attnkd.data import ids_digest
+
+        return ids_digest(split.input_ids)
+
+    def new_student(self, teacher, sp, pairs: list[tuple[int, int]], seed: int):
+        from attnkd.models import build_student
+
+        return build_student(teacher, sp, pairs, seed)
 
 
 TASKS: dict[str, Task] = {}

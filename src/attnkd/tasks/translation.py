@@ -32,6 +32,7 @@ from attnkd.tasks import View
 from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, read_parallel, score, train_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in the prepared data: the joint vocabulary
+FILL = -1e4  # a token outside the teacher's stored top-k: no probability after softmax
 
 
 def save_tokenizer(tok, out: Path) -> None:
@@ -147,11 +148,56 @@ class Translation:
 
         return step_loss
 
+    def new_student(self, teacher, sp, pairs: list[tuple[int, int]], seed: int):
+        """An encoder-decoder of the catalogue entry: num_layers encoder and decoder layers,
+        hidden_size wide, num_heads, intermediate_size feed-forward, initialised from the seed. init
+        embeddings copies the teacher's (shared) embedding table, projected onto its top principal
+        directions when narrower; teacher also copies, at equal sizes, decoder layer t into student
+        decoder layer s for each (t, s) of the layer map, and the encoder layers the same uniform way."""
+        from attnkd.losses import resolve_layer_map
+        from attnkd.models import principal_projection
+
+        tc = teacher.config
+        arch = Architecture(sp.num_layers, sp.num_layers, sp.hidden_size, sp.num_heads, sp.intermediate_size, sp.hidden_dropout, sp.attention_dropout,
+                            tc.max_position_embeddings)
+        student = build_model(arch, tc.vocab_size, seed)
+        if sp.init != "random":
+            if sp.hidden_size > tc.d_model or (sp.init == "teacher" and (sp.hidden_size, sp.num_heads, sp.intermediate_size) != (tc.d_model, tc.decoder_attention_heads, tc.decoder_ffn_dim)):
+                raise UserError(f"students: init {sp.init!r} needs hidden_size <= the teacher's d_model {tc.d_model} (init teacher: equal hidden_size, "
+                                f"num_heads {tc.decoder_attention_heads} and intermediate_size {tc.decoder_ffn_dim}); use init: random")
+            words = teacher.get_input_embeddings().weight.detach()  # (V, d_t)
+            with torch.no_grad():
+                student.get_input_embeddings().weight.copy_(words if sp.hidden_size == tc.d_model else words @ principal_projection(words, sp.hidden_size))
+        if sp.init == "teacher":
+            encoder_pairs = resolve_layer_map("uniform", tc.encoder_layers, sp.num_layers)
+            for side, side_pairs in (("encoder", encoder_pairs), ("decoder", pairs)):
+                for t, s_ in side_pairs:
+                    getattr(student.model, side).layers[s_ - 1].load_state_dict(getattr(teacher.model, side).layers[t - 1].state_dict())
+        student.get_input_embeddings().weight.requires_grad_(sp.train_embeddings)
+        return student
+
     def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
         return collate_pairs([split.input_ids[i] for i in idx], [split.extra["target_ids"][i] for i in idx])
 
+    def forward(self, model, batch: dict, **kwargs):
+        return forward(model, batch, **kwargs)
+
+    def loss_mask(self, batch: dict) -> torch.Tensor:
+        return batch["decoder_attention_mask"]  # (B, m): the target tokens, the queries of the cross-attention
+
+    def inputs_digest(self, split: Split) -> str:
+        return data.ids_digest([*split.input_ids, *split.extra["target_ids"]])
+
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
-        return {"logits": raw["logits"][batch["decoder_attention_mask"].bool()]}  # (R, V): the real target positions
+        """One row per real target position, (R, V). The teacher's rows from the store are its
+        top-k log-probabilities with every other token at FILL: softmax(row / T) is then its
+        tempered distribution renormalised over the k (what kd reads; losses.topk_kd_loss's value)."""
+        real = batch["decoder_attention_mask"].bool()  # (B, m)
+        if "logits" in raw:
+            return {"logits": raw["logits"][real]}  # (R, V)
+        ids, logp = raw["topk_ids"][real], raw["topk_logp"][real]  # (R, k)
+        rows = torch.full((len(ids), len(self.tokenizer)), FILL, dtype=logp.dtype, device=logp.device)
+        return {"logits": rows.scatter(1, ids, logp)}  # (R, V)
 
     def targets(self, batch: dict) -> View:
         return {"labels": batch["labels"][batch["decoder_attention_mask"].bool()]}  # (R,)
