@@ -20,7 +20,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker,
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_resume.py", "test_scaling.py"]  # the longest modules start first
+SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_translation_pipeline.py", "test_resume.py", "test_scaling.py"]  # the longest modules start first
 SHARED = {"test_e2e.py": "tiny_repo", "test_remotes.py": "tiny_repo"}  # modules that share the one `dvc repro` of tiny_repo
 
 

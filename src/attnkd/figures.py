@@ -70,15 +70,18 @@ def accuracy_vs_latency(points: pd.DataFrame, methods: list[str], metric: str = 
     return png(fig)
 
 
-def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], tokens: list[str], title: str) -> bytes:
+def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], tokens: list[str], title: str, queries: list[str] | None = None) -> bytes:
     """One row per mapped (teacher_layer, student_layer) pair, one column per model: the
     head-averaged attention (query rows, key columns) on one example, tokens on the axes, on one
     colour scale for the figure, a power scale with exponent HEATMAP_GAMMA.
-    `maps[model][(t, s)]`: (T, T) for the layer the model has in that pair."""
+    `maps[model][(t, s)]`: (T, T) for the layer the model has in that pair; with `queries` (the
+    target tokens of a cross-attention map), (m, n): target rows by source (`tokens`) columns."""
     models = list(maps)
     pairs = list(maps[models[0]])
     n = len(tokens)
-    vmax = max(float(m[:n, :n].max()) for layers in maps.values() for m in layers.values())  # one colour scale for the figure
+    rows = queries if queries is not None else tokens
+    q = len(rows)
+    vmax = max(float(m[:q, :n].max()) for layers in maps.values() for m in layers.values())  # one colour scale for the figure
     # square-root scale: most mass sits on [CLS] and [SEP]; on a linear scale the rest of the map is black
     norm = matplotlib.colors.PowerNorm(gamma=HEATMAP_GAMMA, vmin=0.0, vmax=vmax)
     fig, axes = plt.subplots(len(pairs), len(models), figsize=(2.6 * len(models) + 0.8, 2.6 * len(pairs) + 0.6), squeeze=False)
@@ -86,10 +89,10 @@ def attention_heatmaps(maps: dict[str, dict[tuple[int, int], np.ndarray]], token
         for c, model in enumerate(models):
             ax = axes[r][c]
             layer = pair[0] if model == "teacher" else pair[1]
-            ax.imshow(maps[model][pair][:n, :n], cmap="viridis", norm=norm, aspect="equal", interpolation="nearest")
+            ax.imshow(maps[model][pair][:q, :n], cmap="viridis", norm=norm, aspect="equal", interpolation="nearest")
             ax.set_title(f"{model}, layer {layer}", fontsize=8)
             ax.set_xticks(range(n), tokens if r == len(pairs) - 1 else [""] * n, rotation=90, fontsize=5)
-            ax.set_yticks(range(n), tokens if c == 0 else [""] * n, fontsize=5)
+            ax.set_yticks(range(q), rows if c == 0 else [""] * q, fontsize=5)
             ax.tick_params(length=0)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -122,7 +125,7 @@ def attention_figures(examples: list[dict]) -> dict[str, bytes]:
         if h.get("maps"):
             maps = {model: {tuple(map(int, key[1:].split("-s"))): np.asarray(m, dtype=np.float32) for key, m in layers.items()}
                     for model, layers in h["maps"].items()}
-            out[f"attention_{h['example']}.png"] = attention_heatmaps(maps, h["tokens"], h["title"])
+            out[f"attention_{h['example']}.png"] = attention_heatmaps(maps, h["tokens"], h["title"], h.get("target_tokens"))
         if h.get("rows"):
             out[f"pooling_{h['example']}.png"] = pooling_rows(h["rows"], h["tokens"], h["title"], h["row_layer"])
     return out

@@ -258,8 +258,10 @@ def reading(summary: dict[str, dict]) -> str:
     return text
 
 
-def student_shape(sp) -> str:
-    """A student architecture in words, as its family has it."""
+def student_shape(sp, task: str = "classification") -> str:
+    """A student architecture in words, as its family (and, for translation, the task) has it."""
+    if task == "translation":
+        return f"encoder-decoder, {sp.num_layers} + {sp.num_layers} layers, d_model {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
     if sp.family == "lstm":
         return (f"BiLSTM, {sp.num_layers} layer{'s' if sp.num_layers > 1 else ''} of {sp.hidden_size} units per direction, "
                 f"embeddings {sp.embedding_size or 'of the teacher width'}, attention pooling")
@@ -285,6 +287,11 @@ def examples_line(summary: dict[str, dict], params) -> str:
 def store_line(manifest) -> str:
     """Where the students' teacher signals came from: the store (what, how big) or the teacher run
     in distill for the tensors over the store's budget."""
+    if hasattr(manifest, "topk"):  # an encoder-decoder teacher's store (attnkd.pair_store)
+        size = sum(f.bytes for f in manifest.files.values())
+        stored = ", ".join(f"{k}" + (f" of decoder layers {ls}" if ls else "") for k, ls in manifest.tensors.items())
+        return (f"teacher signals: from the signal store, {manifest.num_examples} training pairs: {stored} (top-{manifest.topk}; translations "
+                f"{'greedy' if manifest.beam == 1 else f'beam {manifest.beam}'}; {size / 2**20:.1f} MiB, maps in {manifest.dtype})")
     layers = sum(f.bytes for n, f in manifest.files.items() if LAYER_FILE.match(n))
     stored = ", ".join(f"{k} of layers {ls}" for k, ls in manifest.tensors.items()) or "no layer tensors"
     text = (f"teacher signals: from the signal store, {manifest.num_examples} training examples: the teacher's outputs and {stored} "
@@ -322,10 +329,12 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     )
     doc.heading("Efficiency")
     doc.table(efficiency_table(summary))
+    seq2seq = params.task == "translation"
+    timed = "time to translate one sentence greedily (batch 1)" if seq2seq else "batch-1 forward time"
     doc.para(f"All models measured in one process on the same test examples, one CPU thread, repeats round-robin over the models: "
-             f"latency is the median batch-1 forward time over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
+             f"latency is the median {timed} over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
              f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
-             f"in batches of {params.evaluate.batch_size}. Speed-up: teacher latency / model latency.")
+             f"in batches of {params.evaluate.batch_size}{' (sentences/s, greedy)' if seq2seq else ''}. Speed-up: teacher latency / model latency.")
     doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], f"{capital} versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
     agreement = agreement_table(summary, digits)
     if len(agreement):
@@ -333,8 +342,10 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         doc.table(agreement)
         over = f"the first {params.evaluate.agreement_examples} test examples" if params.evaluate.agreement_examples else "the test split"
         doc.para("Mean Jensen-Shannon divergence (bits: 0 = the same attention, 1 = disjoint) between the student's and the teacher's "
-                 f"attention rows over {over}, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
-                 "match, else between head-averaged maps.")
+                 + (f"head-averaged cross-attention rows (each target token's alignment over the source), teacher-forced on the references of {over}, "
+                    "per mapped decoder-layer pair `t<teacher layer>-s<student layer>`." if seq2seq else
+                    f"attention rows over {over}, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
+                    "match, else between head-averaged maps."))
     for name, image in heatmaps.items():
         example = name.split("_")[1].split(".")[0]
         if name.startswith("pooling_"):
@@ -342,13 +353,19 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
                        f"first-seed student on test example {example} (first {rp.heatmap_tokens} tokens at most): the row its pooling learns from "
                        "in [CLS]-row transfer; one colour scale, proportional to the square root of the weight.")
             continue
+        if seq2seq:
+            doc.figure(f"figures/{name}", image, f"Head-averaged cross-attention (alignments) of the teacher and each method's first-seed student on test pair "
+                       f"{example}, teacher-forced on its reference (first {rp.heatmap_tokens} tokens at most; rows: target tokens, columns: source "
+                       "tokens), for each mapped decoder-layer pair; one colour scale per figure, proportional to the square root of the weight.")
+            continue
         doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {example} "
                    f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair; one colour scale "
                    f"per figure, proportional to the square root of the attention weight (so weak links stay visible beside [CLS] and [SEP]).")
     if examples is not None and len(examples):
         doc.heading("Example predictions")
         doc.table(examples)
-        doc.para("The first test examples: the gold answers and each model's answer (the first-seed student of each row).")
+        doc.para("The first test sentences: source, reference and each model's greedy translation (the first-seed student of each row)." if seq2seq else
+                 "The first test examples: the gold answers and each model's answer (the first-seed student of each row).")
     if "per_class_f1" in next(iter(summary.values())):
         doc.heading("Per class (F1, mean over seeds)")
         doc.table(per_class_table(summary, digits))
@@ -365,7 +382,9 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     doc.bullets([
         f"data: {meta.source}, " + (f"{len(meta.label_names)} classes ({', '.join(meta.label_names)}); " if meta.label_names else f"task {params.task}; ")
         + f"splits: {splits}; max length {meta.max_length} tokens",
-        *(f"student `{name}`: {student_shape(sp)}, init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained")
+        *([f"teacher: encoder-decoder trained from scratch, {ts.encoder_layers} + {ts.decoder_layers} layers, d_model {ts.d_model}, {ts.heads} heads, "
+            f"feed-forward {ts.ffn}, label smoothing {ts.label_smoothing:g}"] if seq2seq and (ts := params.teacher.seq2seq) else []),
+        *(f"student `{name}`: {student_shape(sp, params.task)}, init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained")
           for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",

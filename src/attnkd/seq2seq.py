@@ -15,6 +15,8 @@ output scores target token j.
 
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -139,4 +141,73 @@ def translate(model, sources: list[np.ndarray], beam: int, max_new_tokens: int |
             row = row[:own]
             ids = row[: row.index(EOS_ID)] if EOS_ID in row else row
             out[i] = np.array([t for t in ids if t != PAD_ID], dtype=np.int32)
+    return out
+
+
+def _decode_seconds(model, sources: list[np.ndarray], batch_size: int) -> float:
+    t0 = time.perf_counter()
+    translate(model, sources, beam=1, batch_size=batch_size)
+    return time.perf_counter() - t0
+
+
+@torch.no_grad()
+def decoding_efficiency(models: dict[str, torch.nn.Module], sources: list[np.ndarray], latency_examples: int, throughput_examples: int,
+                        batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Greedy decoding speed of every model on the same sources, one thread: batch-1 latency
+    (median ms per sentence over the first `latency_examples` x repeats) and throughput (median
+    sentences/s of the first `throughput_examples` in batches of `batch_size`). After one warm-up
+    pass per model, the repeats go round-robin over the models (as metrics.efficiency)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ones, many = sources[:latency_examples], sources[:throughput_examples]
+        for model in models.values():
+            _decode_seconds(model.eval(), ones[:2] + many[:batch_size], batch_size)
+        latencies = {name: [] for name in models}
+        rates = {name: [] for name in models}
+        for _ in range(repeats):
+            for name, model in models.items():
+                latencies[name] += [_decode_seconds(model, [s], 1) for s in ones]
+                rates[name].append(len(many) / _decode_seconds(model, many, batch_size))
+        return {name: {"latency_ms": 1000.0 * statistics.median(latencies[name]), "throughput_eps": statistics.median(rates[name])} for name in models}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch.no_grad()
+def cross_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list[tuple[int, int]]]], sources: list[np.ndarray],
+                    targets: list[np.ndarray], batch_size: int) -> dict[str, dict[str, float]]:
+    """For every student and mapped (teacher decoder layer, student decoder layer) pair: the mean
+    Jensen-Shannon divergence (bits) between the student's and the teacher's head-averaged
+    cross-attention rows (each target token's alignment over the source), teacher-forced on the
+    same pairs, over real target tokens. Keys are `t<teacher_layer>-s<student_layer>`."""
+    from attnkd.metrics import js_divergence
+
+    sums = {name: {} for name in students}
+    count = 0
+    for start in range(0, len(sources), batch_size):
+        batch = collate_pairs(sources[start : start + batch_size], targets[start : start + batch_size])
+        rows = batch["decoder_attention_mask"].bool()  # (B, m)
+        cross_t = forward(teacher.eval(), batch, output_attentions=True).cross_attentions
+        count += int(rows.sum())
+        for name, (model, pairs) in students.items():
+            cross_s = forward(model.eval(), batch, output_attentions=True).cross_attentions
+            for t, s in pairs:
+                js = js_divergence(cross_s[s - 1].double().mean(1), cross_t[t - 1].double().mean(1))[rows]  # (B, m) -> real target tokens
+                sums[name][f"t{t}-s{s}"] = sums[name].get(f"t{t}-s{s}", 0.0) + float(js.sum())
+    return {name: {k: v / count for k, v in layers.items()} for name, layers in sums.items()}
+
+
+@torch.no_grad()
+def cross_snapshot(models: dict[str, torch.nn.Module], pairs: list[tuple[int, int]], source: np.ndarray, target: np.ndarray, max_tokens: int
+                   ) -> dict[str, dict[str, list[list[float]]]]:
+    """Per model ("teacher" reads the pair's teacher layer, every other model its student layer)
+    and mapped pair `t<l>-s<l>`: the head-averaged cross-attention of one pair run alone, target
+    rows by source columns, cut to the first max_tokens of each: (m, n) as nested lists."""
+    batch = collate_pairs([source], [target])
+    m, n = min(max_tokens, len(target)), min(max_tokens, len(source))
+    out = {}
+    for name, model in models.items():
+        layers = forward(model.eval(), batch, output_attentions=True).cross_attentions
+        out[name] = {f"t{t}-s{s}": layers[(t if name == "teacher" else s) - 1][0].mean(0)[:m, :n].tolist() for t, s in pairs}
     return out

@@ -8,7 +8,7 @@ encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.se
 label-smoothed cross-entropy. Raw output: `logits` (B, m, V) under teacher forcing; view: one row
 per real target position, (R, V), and targets the gold token of each, so the registry's `ce` and
 `kd` are word-level. Predictions are greedy translations; validation picks the epoch by corpus
-BLEU; evaluation reports sacreBLEU's BLEU and chrF with their signatures, and per sentence chrF
+chrF; evaluation reports sacreBLEU's chrF and BLEU with their signatures, and per sentence chrF
 (the paired bootstrap's score) and sentence BLEU.
 """
 
@@ -66,12 +66,12 @@ def token_stats(ids: list[np.ndarray], full: list[int], max_length: int, side: s
 
 class Translation:
     name = "translation"
-    select_by = "bleu"
-    summary_metrics = ("bleu", "chrf")
+    select_by = "chrf"  # corpus chrF: smoother than BLEU on small or young models (BLEU is 0 until 4-grams match)
+    summary_metrics = ("chrf", "bleu")
     outputs = {"logits": "target"}  # (B, m, V) per target position
-    quality = {"bleu": "BLEU", "chrf": "chrF"}
-    short = "BLEU"
-    headline = {"bleu": "bleu", "chrf": "chrf"}
+    quality = {"chrf": "chrF", "bleu": "BLEU"}
+    short = "chrF"
+    headline = {"chrf": "chrf", "bleu": "bleu"}
     model_types = ("marian",)
 
     def __init__(self, tokenizer=None):
@@ -232,11 +232,13 @@ class Translation:
         return f"reference: {split.extra['text_pair'][i]}"
 
     def quality_note(self, params: Params) -> str:
-        return "BLEU and chrF: sacreBLEU's corpus scores (0-100) of greedy translations of the test sources, cased and detokenised. "
+        return ("chrF and BLEU: sacreBLEU's corpus scores (0-100) of greedy translations of the test sources, cased and detokenised "
+                "(signatures in the metrics JSON). Δ, interval and p are in chrF points, from the paired bootstrap of sentence-level chrF "
+                "(corpus scores do not split into sentences; the mean sentence chrF stands in for corpus chrF). ")
 
     def per_example(self, frame: pd.DataFrame) -> np.ndarray:
-        """The paired tests' per-example score: each sentence's chrF (corpus BLEU does not decompose into sentences)."""
-        return frame["chrf"].to_numpy(dtype=np.float64)
+        """The paired tests' per-example score: each sentence's chrF as a fraction (the report's Δ is then in chrF points)."""
+        return frame["chrf"].to_numpy(dtype=np.float64) / 100.0
 
     def data_table(self, report: dict) -> tuple[pd.DataFrame, str]:
         keys = ("pairs", "dropped_empty", "source_tokens_p50", "source_tokens_p95", "source_truncated", "target_tokens_p50", "target_tokens_p95", "target_truncated")
