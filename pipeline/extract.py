@@ -39,7 +39,7 @@ def main() -> None:
     train = data.load_training(args.prepared, args.transfer)  # the training split, then the transfer set
     task = get_task(params.task)
     if params.task == "translation":
-        return extract_translation(args, params, train)
+        return extract_translation(args, params, train, compute.device)
     model = load_model(args.teacher, task).to(compute.device)
     pad_id = load_tokenizer(args.teacher).pad_token_id
     planned = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
@@ -59,15 +59,15 @@ def main() -> None:
     print(f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {args.out}{left}")
 
 
-def extract_translation(args, params, train) -> None:
+def extract_translation(args, params, train, device) -> None:
     """An encoder-decoder teacher's store (attnkd.pair_store): its translations, top-k and
     cross-attention, as the plan lists them for the methods' targets."""
     ep = params.extract
-    model = load_model(args.teacher, get_task(params.task))
+    model = load_model(args.teacher, get_task(params.task)).to(device)
     planned = read_json(args.plan)["tensors"] if args.plan else store_plan(params, model.config.to_dict())
     describe = {"teacher_sha256": sha256_file(weights_file(args.teacher)), "inputs_sha256": data.ids_digest([*train.input_ids, *train.extra["target_ids"]])}
     with atomic_dir(args.out) as tmp:
-        manifest = extract_pairs(model, train, planned, ep.topk, ep.beam, ep.dtype, ep.batch_size, tmp, describe)
+        manifest = extract_pairs(model, train, planned, ep.topk, ep.beam, ep.dtype, ep.batch_size, tmp, describe, device)
         size = sum(f.bytes for f in manifest.files.values())
         if size > ep.max_gb * 2**30:
             raise UserError(f"params.yaml: extract.max_gb: the translation store takes {size / 2**30:.2f} GiB, over {ep.max_gb:g}; "

@@ -25,7 +25,7 @@ def repo(tiny_repo):
 
 
 METHODS = ["ce", "kd", "at", "kd_at"]
-COMPARE = "dvc exp show --only-changed --keep '.*\\.(acc|em|f1|delta|p)$' --drop '.*/|State|Executor'"  # baseline and experiments on one screen
+COMPARE = "dvc exp show --only-changed --keep '.*\\.(acc|em|f1|chrf|bleu|delta|p)$' --drop '.*/|State|Executor'"  # baseline and experiments on one screen
 STUDENTS = [f"small-{m}-s{seed}" for m in METHODS for seed in (1, 2)]  # tiny params: student_seeds [1, 2]
 
 

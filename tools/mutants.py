@@ -117,6 +117,17 @@ MUTANTS = [
             "allowed = attention_mask.bool().clone()")),
     *group("src/attnkd/tasks/squad.py", SQUAD_TESTS,
            ("squad_answer_from_the_first_window_only", 'offsets_of(ex["offsets"][i])) for i in idx]', 'offsets_of(ex["offsets"][i])) for i in idx[:1]]')),
+    # translation: the encoder-decoder's store, targets and losses
+    *group("src/attnkd/pair_store.py", ("tests/test_translation_stages.py",),
+           ("pair_store_cross_from_the_layer_below", "maps = out.cross_attentions[l - 1].float().cpu().numpy()", "maps = out.cross_attentions[max(l - 2, 0)].float().cpu().numpy()"),
+           ("pair_store_topk_reversed", 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids', 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids[:, ::-1]')),
+    *group("src/attnkd/distillation.py", ("tests/test_translation_stages.py",),
+           ("seq_kd_trains_on_the_references", "if self.targets is not None:  # the teacher's translations replace the references", "if False:")),
+    *group("src/attnkd/tasks/translation.py", ("tests/test_translation_stages.py",),
+           ("word_kd_rows_from_probabilities", 'return {"logits": rows.scatter(1, ids, logp)}', 'return {"logits": rows.scatter(1, ids, logp.exp())}')),
+    *group("src/attnkd/losses.py", ("tests/test_losses.py",),
+           ("cross_kl_keeps_padded_targets", "queries = mask.float()  # (B, m)", "queries = torch.ones_like(mask).float()  # (B, m)"),
+           ("label_smoothing_ignored", "return F.cross_entropy(logits_s[gold], labels[gold], label_smoothing=smoothing)", "return F.cross_entropy(logits_s[gold], labels[gold])")),
     # the store's size budget: what it leaves out, the teacher computes in distill
     *group("src/attnkd/signals.py", ("tests/test_objective.py",),
            ("store_budget_ignored", "if total + size <= max_bytes:", "if True:")),

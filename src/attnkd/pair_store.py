@@ -27,6 +27,7 @@ import torch
 from tqdm import tqdm
 
 from attnkd.artifacts import FileInfo, PairManifest, verify_files
+from attnkd.compute import to_device
 from attnkd.data import Split, length_batches
 from attnkd.errors import UserError
 from attnkd.io import read_json, sha256_file
@@ -48,7 +49,7 @@ def targets_of(split: Split, target: str, translations: list[np.ndarray] | None)
 
 @torch.no_grad()
 def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, beam: int, dtype: str, batch_size: int, out_dir: Path,
-                  describe: dict) -> PairManifest:
+                  describe: dict, device="cpu") -> PairManifest:
     """Run the teacher over the training pairs and write the store into `out_dir` (exists,
     empty): its translations first when a "teacher/..." entry is wanted (greedy, or beam search
     of `beam`), then, per target, teacher forcing over length-sorted batches for the top-k and the
@@ -58,7 +59,7 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
     n = np.array([len(s) for s in sources], dtype=np.int64)
     translations = None
     if any(k.startswith("teacher/") for k in wanted):
-        translations = [np.array([*ids, EOS_ID], dtype=np.int32) for ids in translate(model, sources, beam, batch_size=batch_size)]
+        translations = [np.array([*ids, EOS_ID], dtype=np.int32) for ids in translate(model, sources, beam, batch_size=batch_size, device=device)]
         np.save(out_dir / "teacher_ids.npy", np.concatenate(translations).astype(np.int32))
     np.save(out_dir / "source_lengths.npy", n.astype(np.int32))
     heads = model.config.decoder_attention_heads
@@ -81,13 +82,13 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
             files[l] = np.lib.format.open_memmap(out_dir / f"{target}_cross_layer{l}.npy", mode="w+", dtype=NP_DTYPES[dtype], shape=(int(map_at[-1]),))
         for idx in tqdm(length_batches(m + n, batch_size), desc=f"extract {target}", unit="batch"):
             batch = collate_pairs([sources[i] for i in idx], [tgts[i] for i in idx])
-            out = forward(model, batch, output_attentions=bool(layers))
+            out = forward(model, to_device(batch, device), output_attentions=bool(layers))
             if "topk" in kinds:
-                for i, (ids, logp) in zip(idx, teacher_topk(out.logits, batch["decoder_attention_mask"], topk)):
+                for i, (ids, logp) in zip(idx, teacher_topk(out.logits.cpu(), batch["decoder_attention_mask"], topk)):
                     files["ids"][tok_at[i] : tok_at[i + 1]] = ids
                     files["logp"][tok_at[i] : tok_at[i + 1]] = logp
             for l in layers:
-                maps = out.cross_attentions[l - 1].float().numpy()  # (B, H, m, n)
+                maps = out.cross_attentions[l - 1].float().cpu().numpy()  # (B, H, m, n)
                 for row, i in enumerate(idx):
                     files[l][map_at[i] : map_at[i + 1]] = encode(maps[row, :, : m[i], : n[i]].reshape(-1), dtype)
         for f in files.values():

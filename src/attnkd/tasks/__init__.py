@@ -5,9 +5,11 @@ does: `view(raw, batch)` gives `{"logits": (R, C)}`, rows of scores over C choic
 and impossible choices already masked (a class per example for classification; a start row and
 an end row per feature for span extraction), and `targets(batch)` gives `{"labels": (R,)}`, the
 gold choice of each row. Hard-label cross-entropy and Hinton KD in `losses.LOSSES` are then the
-same functions for every task. The rest of the pipeline never asks which task it is: stages call
-the task chosen by `task:` in params for the model class, the head, predictions, metrics and the
-evaluation files; the stages, the signal store and the training loop are shared.
+same functions for every task. Stages call the task chosen by `task:` in params for the model
+class, the head, the teacher and students it builds, batches, predictions, metrics and the
+evaluation files; the stages, the training loop and, for the encoder tasks, the signal store are
+shared. Translation (an encoder-decoder, `tasks/translation.py`) has its own signal store
+(`attnkd.pair_store`) and evaluate measures; extract and evaluate branch on it by name.
 
 A task's raw outputs are what the signal store keeps of the teacher's outputs (`outputs`): an
 "example" output is one row of values per feature (classification logits, (N, C)); a "token"
