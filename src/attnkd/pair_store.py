@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attnkd.artifacts import FileInfo, PairManifest, verify_files
+from attnkd.artifacts import PairManifest
 from attnkd.compute import to_device
 from attnkd.data import Split, length_batches
 from attnkd.errors import UserError
-from attnkd.io import read_json, sha256_file
 from attnkd.seq2seq import EOS_ID, collate_pairs, forward, pad_topk, teacher_topk, translate
-from attnkd.signals import NP_DTYPES, decode, encode
+from attnkd.signals import NP_DTYPES, decode, encode, list_files, read_manifest
 
 FORMAT = "attnkd-pair-signals/1"
 TARGETS = ("reference", "teacher")
@@ -94,12 +93,8 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
         for f in files.values():
             f.flush()
         del files
-    listing = {}
-    for path in sorted(out_dir.glob("*.npy")):
-        arr = np.load(path, mmap_mode="r")
-        listing[path.name] = FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size, shape=list(arr.shape), dtype=str(arr.dtype))
     manifest = PairManifest(format=FORMAT, num_examples=len(split), heads=heads, topk=topk, beam=beam, dtype=dtype,
-                            tensors={k: sorted(v) for k, v in sorted(wanted.items())}, files=listing, **describe)
+                            tensors={k: sorted(v) for k, v in sorted(wanted.items())}, files=list_files(out_dir), **describe)
     manifest.write(out_dir)
     return manifest
 
@@ -109,16 +104,7 @@ class PairStore:
 
     def __init__(self, root: Path, verify: bool = True):
         self.root = Path(root)
-        path = self.root / PairManifest.FILE
-        if not path.is_file():
-            raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
-        found = read_json(path).get("format")
-        if found != FORMAT:
-            raise UserError(f"{path}: format {found!r} is not {FORMAT!r} (a store of another task?); re-run `dvc repro extract`")
-        self.manifest = PairManifest.read(self.root)
-        if verify:
-            verify_files(self.root, {k: f.sha256 for k, f in self.manifest.files.items()}, PairManifest.FILE, PairManifest.RERUN,
-                         sizes={k: f.bytes for k, f in self.manifest.files.items()})
+        self.manifest = read_manifest(self.root, PairManifest, FORMAT, verify)
         load = lambda name: np.load(self.root / name, mmap_mode="r")  # noqa: E731
         self.n = np.load(self.root / "source_lengths.npy").astype(np.int64)
         self.m = {t: np.load(self.root / f"{t}_lengths.npy").astype(np.int64) for t in TARGETS if (self.root / f"{t}_lengths.npy").is_file()}

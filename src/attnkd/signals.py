@@ -117,13 +117,35 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
     for name, arr in outputs.items():
         np.save(out_dir / f"{name}.npy", arr)
     np.save(out_dir / "lengths.npy", lengths.astype(np.int32))
+    listing = list_files(out_dir)
+    manifest = SignalManifest(format=FORMAT, num_examples=len(split), num_labels=int(model.config.num_labels), heads=heads, width=width, tensors=wanted,
+                              attn_kind="post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)", dtype=dtype, files=listing, **describe)
+    manifest.write(out_dir)
+    return manifest
+
+
+def list_files(out_dir: Path) -> dict[str, FileInfo]:
+    """Every .npy file of a store being written, for its manifest: sha256, bytes, shape, dtype."""
     listing = {}
     for path in sorted(out_dir.glob("*.npy")):
         arr = np.load(path, mmap_mode="r")
         listing[path.name] = FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size, shape=list(arr.shape), dtype=str(arr.dtype))
-    manifest = SignalManifest(format=FORMAT, num_examples=len(split), num_labels=int(model.config.num_labels), heads=heads, width=width, tensors=wanted,
-                              attn_kind="post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)", dtype=dtype, files=listing, **describe)
-    manifest.write(out_dir)
+    return listing
+
+
+def read_manifest(root: Path, manifest_type, fmt: str, verify: bool):
+    """A store's manifest (`manifest_type`: SignalManifest or PairManifest), refused when missing
+    or of another format; with `verify`, every listed file's size and sha256 checked."""
+    path = root / manifest_type.FILE
+    if not path.is_file():
+        raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
+    found = read_json(path).get("format")
+    if found != fmt:
+        raise UserError(f"{path}: format {found!r} is not {fmt!r} (a store of another task?); re-run `dvc repro extract`")
+    manifest = manifest_type.read(root)
+    if verify:
+        verify_files(root, {n: f.sha256 for n, f in manifest.files.items()}, manifest_type.FILE, manifest_type.RERUN,
+                     sizes={n: f.bytes for n, f in manifest.files.items()})
     return manifest
 
 
@@ -164,16 +186,7 @@ class SignalStore:
 
     def __init__(self, root: Path, verify: bool = True):
         self.root = Path(root)
-        path = self.root / SignalManifest.FILE
-        if not path.is_file():
-            raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
-        found = read_json(path).get("format")
-        if found != FORMAT:
-            raise UserError(f"{path}: format {found!r} is not {FORMAT!r}; re-run `dvc repro extract`")
-        self.manifest = SignalManifest.read(self.root)
-        if verify:
-            verify_files(self.root, {n: f.sha256 for n, f in self.manifest.files.items()}, SignalManifest.FILE, SignalManifest.RERUN,
-                         sizes={n: f.bytes for n, f in self.manifest.files.items()})
+        self.manifest = read_manifest(self.root, SignalManifest, FORMAT, verify)
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
         # the teacher's raw outputs: every listed file but the lengths and the layer tensors;
         # (N, C) per example, or flat (sum n,) per token
