@@ -19,8 +19,7 @@ from attnkd import data
 from attnkd.artifacts import ModelRecord
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_write_files, atomic_write_json, json_text
-from attnkd.metrics import attention_agreement, efficiency, heatmap_data, heatmap_examples, model_identity, model_size
-from attnkd.seq2seq import cross_agreement, cross_snapshot, decoding_efficiency
+from attnkd.metrics import encoder_measures, model_identity, model_size, translation_measures
 from attnkd.models import load_model, load_tokenizer
 from attnkd.stage import model_groups, parser, setup
 from attnkd.tasks import get_task
@@ -54,7 +53,7 @@ def main() -> None:
         print(f"evaluate {name}: {task.select_by} {results[name][task.select_by]:.4f}")
 
     students = {n: (m, records[n].layer_pairs) for n, m in models.items() if n != "teacher"}
-    measure = translation_measures if params.task == "translation" else encoder_measures
+    measure = translation_measures if params.task == "translation" else encoder_measures  # (attnkd.metrics)
     agreement, timing, heatmaps = measure(models, students, records, groups, test, meta, task, tokenizer, params)
     for name, layers in agreement.items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
@@ -66,36 +65,6 @@ def main() -> None:
     atomic_write_files(args.predictions_dir, {f"{name}.csv": text for name, text in predictions.items()})
     atomic_write_json(args.attention, heatmaps)
     print(f"evaluate: {len(results)} models -> {args.metrics_dir}, {args.predictions_dir}, {args.attention}")
-
-
-def encoder_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
-    """Attention agreement per mapped layer pair, forward-pass latency and throughput, heatmap data."""
-    ep = params.evaluate
-    agreement = attention_agreement(models["teacher"], students, test.head(ep.agreement_examples), ep.batch_size, tokenizer.pad_token_id)
-    timing = efficiency(models, test, tokenizer.pad_token_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
-    return agreement, timing, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report)
-
-
-def translation_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
-    """Cross-attention agreement per mapped decoder-layer pair (teacher-forced on the test
-    references), greedy decoding latency per sentence and throughput, and the alignment maps of
-    the teacher and each row's first-seed student on the report's test pairs."""
-    ep, rp = params.evaluate, params.report
-    sub = test.head(ep.agreement_examples)
-    sources, targets = list(test.input_ids), list(test.extra["target_ids"])
-    agreement = cross_agreement(models["teacher"], students, list(sub.input_ids), list(sub.extra["target_ids"]), ep.batch_size)
-    timing = decoding_efficiency(models, sources, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
-    firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
-    heatmaps = []
-    if rp.heatmap_examples and firsts:
-        pairs = records[next(iter(firsts.values()))].layer_pairs
-        drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in firsts.items() if records[n].layer_pairs == pairs}
-        words = lambda ids: [tokenizer.decode([int(t)]) for t in ids[: rp.heatmap_tokens]]  # noqa: E731
-        for i in heatmap_examples(test.lengths, rp.heatmap_examples):
-            heatmaps.append({"example": i, "tokens": words(sources[i]), "target_tokens": words(targets[i]), "pairs": pairs,
-                             "title": f"test pair {i} ({task.caption(test, i, meta)}): cross-attention, target rows by source columns",
-                             "maps": cross_snapshot(drawn, pairs, sources[i], targets[i], rp.heatmap_tokens)})
-    return agreement, timing, heatmaps
 
 
 if __name__ == "__main__":

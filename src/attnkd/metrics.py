@@ -200,6 +200,38 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
     return out
 
 
+def encoder_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
+    """Attention agreement per mapped layer pair, forward-pass latency and throughput, heatmap data."""
+    ep = params.evaluate
+    agreement = attention_agreement(models["teacher"], students, test.head(ep.agreement_examples), ep.batch_size, tokenizer.pad_token_id)
+    timing = efficiency(models, test, tokenizer.pad_token_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
+    return agreement, timing, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report)
+
+
+def translation_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
+    """Cross-attention agreement per mapped decoder-layer pair (teacher-forced on the test
+    references), greedy decoding latency per sentence and throughput, and the alignment maps of
+    the teacher and each row's first-seed student on the report's test pairs."""
+    from attnkd.seq2seq import cross_agreement, cross_snapshot, decoding_efficiency
+
+    ep, rp = params.evaluate, params.report
+    sub = test.head(ep.agreement_examples)
+    sources, targets = list(test.input_ids), list(test.extra["target_ids"])
+    agreement = cross_agreement(models["teacher"], students, list(sub.input_ids), list(sub.extra["target_ids"]), ep.batch_size)
+    timing = decoding_efficiency(models, sources, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
+    firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
+    heatmaps = []
+    if rp.heatmap_examples and firsts:
+        pairs = records[next(iter(firsts.values()))].layer_pairs
+        drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in firsts.items() if records[n].layer_pairs == pairs}
+        words = lambda ids: [tokenizer.decode([int(t)]) for t in ids[: rp.heatmap_tokens]]  # noqa: E731
+        for i in heatmap_examples(test.lengths, rp.heatmap_examples):
+            heatmaps.append({"example": i, "tokens": words(sources[i]), "target_tokens": words(targets[i]), "pairs": pairs,
+                             "title": f"test pair {i} ({task.caption(test, i, meta)}): cross-attention, target rows by source columns",
+                             "maps": cross_snapshot(drawn, pairs, sources[i], targets[i], rp.heatmap_tokens)})
+    return agreement, timing, heatmaps
+
+
 def model_identity(name: str, record: ModelRecord | None, teacher_seed: int) -> dict:
     """Which model a metrics file is about: the teacher, or a student's architecture, method and
     seed; and the training rows it saw per epoch (labelled, unlabelled), when its record says."""

@@ -59,7 +59,12 @@ def build_model(arch: Architecture, vocab_size: int, seed: int):
 
 def encode(tokenizer, texts: list[str], max_length: int) -> list[np.ndarray]:
     """Each text's subword ids (a `tokenizers.Tokenizer`, no specials), cut to max_length - 1, then </s>."""
-    return [np.array([*enc.ids[: max_length - 1], EOS_ID], dtype=np.int32) for enc in tokenizer.encode_batch(texts)]
+    return cut(tokenizer.encode_batch(texts), max_length)
+
+
+def cut(encodings: list, max_length: int) -> list[np.ndarray]:
+    """Encodings (`tokenizers.Encoding`) as ids cut to max_length - 1, then </s>."""
+    return [np.array([*enc.ids[: max_length - 1], EOS_ID], dtype=np.int32) for enc in encodings]
 
 
 def pad_rows(rows: list[np.ndarray], fill: int) -> tuple[torch.Tensor, torch.Tensor]:

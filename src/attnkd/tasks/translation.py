@@ -27,7 +27,7 @@ from attnkd.data import Split
 from attnkd.errors import UserError
 from attnkd.io import sha256_file
 from attnkd.params import Params
-from attnkd.seq2seq import Architecture, build_model, collate_pairs, encode, forward, label_smoothed_ce, translate
+from attnkd.seq2seq import Architecture, build_model, collate_pairs, cut, forward, label_smoothed_ce, translate
 from attnkd.tasks import View
 from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, read_parallel, score, train_tokenizer
 
@@ -116,12 +116,13 @@ class Translation:
         infos = {}
         for name in data.SPLITS:
             part = splits[name]
-            src, tgt = encode(tok, part.source, dp.max_length), encode(tok, part.target, dp.max_length)
+            encoded = {"source": tok.encode_batch(part.source), "target": tok.encode_batch(part.target)}  # untruncated: their lengths are reported
+            src, tgt = cut(encoded["source"], dp.max_length), cut(encoded["target"], dp.max_length)
             pd.DataFrame({"text": part.source, "text_pair": part.target, "label": np.zeros(len(part), dtype=np.int64),  # the target is target_ids
                           "input_ids": src, "token_type_ids": [np.zeros(len(x), dtype=np.int8) for x in src], "target_ids": tgt,
                           }).to_parquet(out / f"{name}.parquet", index=False)
             infos[name] = SplitInfo(examples=len(part), inputs_sha256=data.ids_digest([*src, *tgt]), sha256=sha256_file(out / f"{name}.parquet"))
-            full = {side: [len(e.ids) for e in tok.encode_batch(texts)] for side, texts in (("source", part.source), ("target", part.target))}
+            full = {side: [len(e.ids) for e in encs] for side, encs in encoded.items()}
             where = f"{dp.dir}/{stems[name]}.{{{dp.source_lang},{dp.target_lang}}}" if name in read else f"carved from train (seed {params.seed})"
             report["splits"][name] = {"from": where, "pairs": len(part), "dropped_empty": part.dropped_empty,
                                       **token_stats(src, full["source"], dp.max_length, "source"), **token_stats(tgt, full["target"], dp.max_length, "target")}
