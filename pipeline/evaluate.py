@@ -41,6 +41,8 @@ def main() -> None:
         if not d.is_dir():
             raise UserError(f"{d}: no such model dir; distill.students, methods and student_seeds name {name} (train it with `dvc repro`)")
     task = get_task(params.task).bind(args.prepared)
+    if params.task == "translation":
+        task = task.searching(ep.beam)
     models = {name: load_model(d, task) for name, d in dirs.items()}
     records = {name: ModelRecord.read(d) if (d / ModelRecord.FILE).is_file() else None for name, d in dirs.items()}
     tokenizer = load_tokenizer(args.teacher)

@@ -46,9 +46,10 @@ def main() -> None:
     main, label = task.select_by, task.quality[task.select_by]
     results = {n: read_json(args.metrics_dir / f"{n}.json") for n in names}
     predictions = {n: read_frame(args.predictions_dir / f"{n}.csv", keep_default_na=False) for n in names}
-    scores = {n: task.per_example(frame) for n, frame in predictions.items()}  # (N,) per test example, its mean is `main`
+    scores = {n: task.per_example(frame) for n, frame in predictions.items()}  # (N,) per test example, its mean is `main`; or (N, K) statistics
     summary = summarize(results, scores, groups, params.report.bootstrap_samples,
-                        {group_label(students, s, m): group_label(students, s, BASELINE) for s in students for m in methods}, tuple(task.quality), main)
+                        {group_label(students, s, m): group_label(students, s, BASELINE) for s in students for m in methods}, tuple(task.quality), main,
+                        task.corpus_statistic)
 
     curves = {m: [read_frame(args.curves_dir / f"{n}.tsv", sep="\t") for n in models] for m, models in groups.items()}
     points = pd.DataFrame([{"model": n, "method": m, "seed": results[n]["seed"], "latency_ms": results[n]["latency_ms"], main: results[n][main]}

@@ -146,6 +146,20 @@ def test_summary_means_seeds_and_tests_against_ce_only_with_several_seeds():
     assert "vs_ce" not in one_seed["kd"]  # one seed: no significance claimed
 
 
+def test_summary_with_a_corpus_statistic_scores_summed_statistics():
+    """Translation's test: per-example (N, K) statistics, Δ of the statistic of their sums (not of a mean of ratios)."""
+    rng = np.random.default_rng(3)
+    total = rng.integers(1, 20, size=(4, 300)).astype(float)  # 4 models: ce and kd, 2 seeds
+    hits = rng.binomial(total.astype(int), [[0.4], [0.45], [0.6], [0.62]])
+    stats = {n: np.stack([hits[i], total[i]], -1) for i, n in enumerate(["small-ce-s1", "small-ce-s2", "small-kd-s1", "small-kd-s2"])}
+    ratio = lambda sums: sums[..., 0] / sums[..., 1]  # noqa: E731
+    results = {"teacher": result("teacher", 1.0, 20.0)} | {k: result(k, ratio(v.sum(0)), 10.0) for k, v in stats.items()}
+    groups = {"teacher": ["teacher"], "ce": ["small-ce-s1", "small-ce-s2"], "kd": ["small-kd-s1", "small-kd-s2"]}
+    summary = summarize(results, stats | {"teacher": np.ones((300, 2))}, groups, 500, statistic=ratio)
+    expected = np.mean([ratio(stats[f"small-kd-s{s}"].sum(0)) - ratio(stats[f"small-ce-s{s}"].sum(0)) for s in (1, 2)])
+    assert summary["kd"]["vs_ce"]["delta"] == pytest.approx(expected, abs=1e-6) and summary["kd"]["vs_ce"]["p_value"] < 0.01
+
+
 def test_document_renders_the_same_content_as_markdown_and_html():
     import pandas as pd
 
@@ -172,3 +186,35 @@ def test_the_reading_names_only_rows_whose_interval_excludes_zero():
     assert "excludes 0): none." in reading({"at": summary["at"]})
     worse = {"kd_at": {"vs_ce": {"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01, "p_value": 0.004, "detectable": 0.028}}}
     assert "excludes 0): kd_at (-3.0 points, p 0.004)." in reading(worse)  # an interval below 0 counts too
+
+
+def test_corpus_bootstrap_of_a_mean_is_the_paired_bootstrap():
+    """With a score that is a mean (summed 0/1 over N), the corpus bootstrap draws the same seeds and
+    examples as paired_bootstrap and gives the same difference, interval and p."""
+    from attnkd.stats import paired_bootstrap_corpus
+
+    rng = np.random.default_rng(1)
+    a, b = (rng.random((3, 400)) < 0.8).astype(int), (rng.random((3, 400)) < 0.76).astype(int)
+    seed_biased = a.copy()
+    seed_biased[0] = 1  # one seed far better: the seeds' resampling matters
+    for x in (a, seed_biased):
+        expected = paired_bootstrap(x, b, 1500)
+        got = paired_bootstrap_corpus(x[..., None], b[..., None], lambda sums: sums[..., 0] / 400, 1500)
+        assert got.delta == pytest.approx(expected.delta, abs=1e-12) and got.p_value == pytest.approx(expected.p_value, abs=1e-12)
+        assert (got.low, got.high, got.se) == pytest.approx((expected.low, expected.high, expected.se), abs=1e-12)
+
+
+def test_corpus_bootstrap_scores_each_seed_on_its_summed_statistics():
+    """A ratio score (matches / total, not the mean of per-example ratios): the observed difference is
+    the mean over seeds of each seed's ratio difference; equal systems give p 1."""
+    from attnkd.stats import paired_bootstrap_corpus
+
+    rng = np.random.default_rng(2)
+    total = rng.integers(1, 30, size=(3, 300)).astype(float)
+    base = np.stack([rng.binomial(total.astype(int), 0.5), total], -1)  # (S, N, 2)
+    better = np.stack([np.minimum(base[..., 0] + rng.binomial(total.astype(int), 0.1), total), total], -1)
+    ratio = lambda sums: sums[..., 0] / sums[..., 1]  # noqa: E731
+    test = paired_bootstrap_corpus(better, base, ratio, 2000)
+    assert test.delta == pytest.approx(np.mean([ratio(better[s].sum(0)) - ratio(base[s].sum(0)) for s in range(3)]))
+    assert test.delta > 0.03 and test.p_value < 0.01 and test.low > 0
+    assert paired_bootstrap_corpus(base, base, ratio, 500).p_value == 1.0

@@ -70,3 +70,29 @@ def test_bleu_and_chrf_on_hand_worked_cases():
     assert two.sentence_chrf[0] == pytest.approx(100.0) and two.sentence_bleu[0] == pytest.approx(100.0) and two.sentence_bleu[1] == 0.0
     with pytest.raises(ValueError):
         score(["a"], ["a", "b"])
+
+
+def test_summed_sentence_statistics_give_sacrebleus_corpus_bleu(raw):
+    """The paired test's BLEU: bleu_from_stats of summed bleu_stats equals sacreBLEU's corpus BLEU
+    on the whole set, on resamples with repeated sentences, and on sets of a few short sentences
+    where higher n-gram orders have no match (the exponential smoothing)."""
+    import numpy as np
+    from sacrebleu.metrics import BLEU
+
+    from attnkd.translation import bleu_from_stats, bleu_stats
+
+    refs = read_parallel(raw, "val", "en", "de").target[:200]
+    rng = np.random.default_rng(0)
+    hyps = [" ".join(rng.permutation(r.split())[: max(1, len(r.split()) - int(rng.integers(0, 4)))]) for r in refs]
+    stats = bleu_stats(hyps, refs)  # (N, 10)
+    assert stats.shape == (200, 10)
+    assert bleu_from_stats(stats.sum(0)) == pytest.approx(BLEU().corpus_score(hyps, [refs]).score, abs=1e-9)
+    zero_orders = 0
+    for size in [*([200] * 5), *([2] * 40)]:
+        idx = rng.integers(0, 200, size=size)  # with replacement, as a bootstrap resample draws
+        expected = BLEU().corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score
+        assert bleu_from_stats(stats[idx].sum(0)) == pytest.approx(expected, abs=1e-9)
+        zero_orders += int((stats[idx].sum(0)[2:6] == 0).any())
+    assert zero_orders > 3  # the smoothed case was exercised
+    batch = np.stack([stats[:100].sum(0), stats[100:].sum(0)])  # (2, 10): one score per row
+    assert bleu_from_stats(batch) == pytest.approx([BLEU().corpus_score(hyps[:100], [refs[:100]]).score, BLEU().corpus_score(hyps[100:], [refs[100:]]).score])

@@ -24,7 +24,7 @@ def mt_repo(tmp_path_factory):
     params = translation_params("data/mt")
     params["methods"] = {m: METHODS[m] for m in PIPELINE_METHODS}  # all four: test_translation_stages.py
     params["student_seeds"] = [1, 2]
-    params["evaluate"] |= {"latency_examples": 2, "latency_repeats": 1, "throughput_examples": 8, "agreement_examples": 10, "batch_size": 20}
+    params["evaluate"] |= {"beam": 2, "latency_examples": 2, "latency_repeats": 1, "throughput_examples": 8, "agreement_examples": 10, "batch_size": 20}
     params["report"] |= {"bootstrap_samples": 200, "heatmap_examples": 1}
     return repro_copy(tmp_path_factory.mktemp("mt") / "repo", params, files)
 
@@ -49,15 +49,38 @@ def test_the_metrics_are_sacrebleus_scores_of_the_written_translations(mt_repo):
     assert json.loads((root / "reports/metrics/teacher.json").read_text())["latency_ms"] > 0
 
 
+def test_the_scored_translations_are_beam_searchs_of_evaluate_beam(mt_repo):
+    """evaluate.beam 2: the written translations are the saved teacher's beam-2 translations (not greedy's)."""
+    from attnkd import data
+    from attnkd.models import load_model
+    from attnkd.seq2seq import translate
+    from attnkd.tasks import get_task
+
+    root, _, _ = mt_repo
+    task = get_task("translation").bind(root / "data/prepared")
+    teacher = load_model(root / "data/models/teacher", task)
+    sources = list(data.load_split(root / "data/prepared", "test").input_ids)
+    written = pd.read_csv(root / "reports/predictions/teacher.csv", keep_default_na=False)["translation"].tolist()
+    beam, greedy = ([task.tokenizer.decode(ids.tolist()) for ids in translate(teacher, sources, beam=b, batch_size=20)] for b in (2, 1))
+    assert written == beam and beam != greedy
+    assert "beam search translations (beam 2)" in (root / "reports/report.md").read_text()
+
+
 def test_the_reports_tables_equal_the_metrics_json(mt_repo):
     root, _, _ = mt_repo
     text = (root / "reports/report.md").read_text()
     quality = text.split("## Quality on the test split")[1].split("\n## ")[0]
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]] for line in quality.splitlines() if line.startswith("| ")}
     header = rows.pop("model")
+    metrics = {(m, s): json.loads((root / f"reports/metrics/small-{m}-s{s}.json").read_text()) for m in PIPELINE_METHODS for s in (1, 2)}
     for method in PIPELINE_METHODS:
-        chrf = np.mean([json.loads((root / f"reports/metrics/small-{method}-s{s}.json").read_text())["chrf"] for s in (1, 2)])
-        assert rows[method][header.index("chrF")].split(" ± ")[0] == f"{chrf:.3f}"
-    assert "Δ chrF vs ce" in quality and "## Example predictions" in text and "cross-attention" in text
+        for key, label in (("chrf", "chrF"), ("bleu", "BLEU")):
+            assert rows[method][header.index(label)].split(" ± ")[0] == f"{np.mean([metrics[method, s][key] for s in (1, 2)]):.3f}"
+    # Δ is in corpus BLEU points: the mean over seeds of each seed's BLEU difference, as the metrics JSON have them
+    delta = np.mean([metrics["seq_kd_at", s]["bleu"] - metrics["ce", s]["bleu"] for s in (1, 2)])
+    summary = json.loads((root / "reports/summary.json").read_text())
+    assert 100 * summary["seq_kd_at"]["vs_ce"]["delta"] == pytest.approx(delta, abs=1e-4)
+    assert rows["seq_kd_at"][header.index("Δ BLEU vs ce, points [95% CI]")].startswith(f"{delta:+.1f} [")
+    assert "## Example predictions" in text and "cross-attention" in text
     assert "teacher: encoder-decoder trained from scratch, 1 + 2 layers" in text
     assert list((root / "reports/figures").glob("attention_*.png"))

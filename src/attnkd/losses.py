@@ -304,10 +304,18 @@ def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
     return None
 
 
+def _kd(s: dict, t: dict, cfg: LossConfig) -> torch.Tensor:
+    """Hinton KD on (R, C) rows; from a teacher view of top-k (a stored translation teacher's,
+    (R, k)): word-level KD over those k tokens, every row a real target position."""
+    if "topk_ids" in t:
+        return topk_kd_loss(s["logits"], t["topk_ids"], t["topk_logp"], torch.ones(len(t["topk_ids"]), device=t["topk_ids"].device), cfg.temperature)
+    return kd_loss(s["logits"], t["logits"], cfg.temperature)
+
+
 LOSSES: dict[str, Loss] = {
     "ce": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
                seq2seq=None),
-    "kd": Loss(lambda s, t, mask, cfg: kd_loss(s["logits"], t["logits"], cfg.temperature), _kinds("logits"), per_layer=False, seq2seq=None),
+    "kd": Loss(lambda s, t, mask, cfg: _kd(s, t, cfg), _kinds("logits"), per_layer=False, seq2seq=None),
     # sequence-level KD (Kim & Rush 2016): the cross-entropy of ce, on the teacher's translations instead of the references
     "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
                    teacher_targets=True, seq2seq=True),

@@ -282,6 +282,7 @@ class EvaluateParams(Section):
     throughput_examples: PosInt = 64
     agreement_examples: Annotated[int, Field(ge=0)] = 0  # attention agreement over the first N test examples; 0 = all
     calibration_bins: PosInt = 15
+    beam: Annotated[int, Field(ge=1, le=32)] = 1  # translation: beam size of the scored test translations (1 = greedy; latency is always greedy's)
 
 
 class ReportParams(Section):

@@ -15,7 +15,7 @@ import pandas as pd
 from attnkd.data import SPLITS
 from attnkd.io import atomic_write_text
 from attnkd.signals import LAYER_FILE
-from attnkd.stats import mean_std, paired_bootstrap
+from attnkd.stats import mean_std, paired_bootstrap, paired_bootstrap_corpus
 
 BASELINE = "ce"
 TEST_NAME = "two-level paired bootstrap (seeds and test examples resampled together)"
@@ -37,12 +37,14 @@ def _stat(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int,
-              baselines: dict[str, str] | None = None, quality: tuple[str, ...] = CLASSIFICATION, main: str = "accuracy") -> dict[str, dict]:
+              baselines: dict[str, str] | None = None, quality: tuple[str, ...] = CLASSIFICATION, main: str = "accuracy",
+              statistic=None) -> dict[str, dict]:
     """Per method (and the teacher): mean and std over seeds of the quality (the task's `quality`
     metrics), efficiency and agreement figures, and against the ce student (when evaluated with 2+
     seeds) the paired bootstrap of the difference in `main`. `groups`: row (method) -> its model
     names, seed order equal across rows; `baselines`: row -> the row it is compared with (default
-    "ce"); `correct[model]`: (N,) the per-example score whose mean is `main` (0/1 for accuracy)."""
+    "ce"); `correct[model]`: (N,) the per-example score whose mean is `main` (0/1 for accuracy), or
+    with `statistic` (N, K) per-example statistics whose sums it scores as `main` (corpus BLEU)."""
     teacher = results["teacher"]
     out = {}
     for method, models in groups.items():
@@ -56,14 +58,15 @@ def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: 
             s["examples"] = rows[0]["examples"]
         s["size_mb"] = rows[0]["size_mb"]
         s["speed_up"] = round(teacher["latency_ms"] / s["latency_ms"]["mean"], 4)
-        s[f"{main}_kept_pct"] = round(100.0 * s[main]["mean"] / teacher[main], 4)
+        s[f"{main}_kept_pct"] = round(100.0 * s[main]["mean"] / teacher[main], 4) if teacher[main] else None  # none of a teacher scoring 0
         if "attention_js" in rows[0]:
             s["attention_js"] = {k: _stat([r["attention_js"][k] for r in rows]) for k in rows[0]["attention_js"]}
         if "per_class" in rows[0]:
             s["per_class_f1"] = {c: round(float(np.mean([r["per_class"][c]["f1"] for r in rows])), 6) for c in rows[0]["per_class"]}
         base = (baselines or {}).get(method, BASELINE)
         if method not in ("teacher", base) and base in groups and len(models) > 1:
-            test = paired_bootstrap(np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[base]]), samples)
+            a, b = np.stack([correct[m] for m in models]), np.stack([correct[m] for m in groups[base]])
+            test = paired_bootstrap(a, b, samples) if statistic is None else paired_bootstrap_corpus(a, b, statistic, samples)
             s["vs_ce"] = {"delta": round(test.delta, 6), "ci_low": round(test.low, 6), "ci_high": round(test.high, 6), "p_value": round(test.p_value, 6),
                           "detectable": round(test.detectable, 6)}
         out[method] = s
@@ -104,7 +107,7 @@ def quality_table(summary: dict[str, dict], digits: int, labels: dict[str, str] 
             "model": name,
             "seeds": s["seeds"],
             **{label: pm(s[key], digits) for key, label in (labels or LABELS).items()},
-            f"{short} kept %": f"{s[f'{main}_kept_pct']:.1f}",
+            f"{short} kept %": "-" if s[f"{main}_kept_pct"] is None else f"{s[f'{main}_kept_pct']:.1f}",
             f"Δ {short} vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
             "p vs ce": f"{vs['p_value']:.3g}" if vs else "-",
             "detectable Δ, points": f"{100 * vs['detectable']:.1f}" if vs else "-",
@@ -364,7 +367,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     if examples is not None and len(examples):
         doc.heading("Example predictions")
         doc.table(examples)
-        doc.para("The first test sentences: source, reference and each model's greedy translation (the first-seed student of each row)." if seq2seq else
+        doc.para("The first test sentences: source, reference and each model's translation (the first-seed student of each row)." if seq2seq else
                  "The first test examples: the gold answers and each model's answer (the first-seed student of each row).")
     if "per_class_f1" in next(iter(summary.values())):
         doc.heading("Per class (F1, mean over seeds)")

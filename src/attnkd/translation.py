@@ -16,6 +16,8 @@ import gzip
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from attnkd.errors import UserError
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
@@ -117,3 +119,28 @@ def score(hypotheses: list[str], references: list[str]) -> Scores:
         [chrf.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)],
         [sentence_bleu.sentence_score(h, [r]).score for h, r in zip(hypotheses, references)],
     )
+
+
+def bleu_stats(hypotheses: list[str], references: list[str]) -> np.ndarray:
+    """(N, 10) sacreBLEU's sufficient statistics of each sentence under the corpus BLEU of `score`:
+    hypothesis length, reference length, matching n-grams for n = 1..4, hypothesis n-grams for
+    n = 1..4. Summed over any set of sentences they give that set's corpus BLEU (bleu_from_stats)."""
+    from sacrebleu.metrics import BLEU
+
+    return np.asarray(BLEU()._extract_corpus_statistics(hypotheses, [references]), dtype=np.float64).reshape(len(hypotheses), 10)
+
+
+def bleu_from_stats(stats: np.ndarray) -> np.ndarray:
+    """Corpus BLEU (0..100) of summed statistics (..., 10) laid out as bleu_stats'; sacreBLEU's
+    `BLEU.compute_bleu` with its default exponential smoothing, vectorised: a zero match count at
+    order n halves that order's precision each time one occurs (1 / (2^z total_n)),
+    BP = exp(1 - ref / hyp) when hyp < ref, BLEU = BP * exp(mean_n log p_n); 0 without any match."""
+    hyp, ref, correct, total = stats[..., 0], stats[..., 1], stats[..., 2:6], stats[..., 6:10]
+    zeros = np.cumsum(correct == 0, axis=-1)  # (..., 4) the smoothing exponent at each order
+    safe_total = np.maximum(total, 1.0)
+    precision = np.where(correct > 0, correct / safe_total, 1.0 / (2.0 ** zeros * safe_total))
+    precision = np.where(total > 0, precision, 0.0)
+    with np.errstate(divide="ignore"):
+        bp = np.where(hyp < ref, np.exp(1.0 - ref / np.maximum(hyp, 1e-300)), 1.0)
+        bleu = 100.0 * bp * np.exp(np.log(precision).mean(-1))
+    return np.where(correct.sum(-1) > 0, bleu, 0.0)

@@ -64,7 +64,8 @@ class Task(Protocol):
     headline: dict[str, str]
 
     def quality_note(self, params) -> str: ...  # the sentence under the quality table about its columns
-    def per_example(self, frame) -> np.ndarray: ...  # from a predictions CSV: (N,) per-example score whose mean is select_by (the paired test)
+    def per_example(self, frame) -> np.ndarray: ...  # from a predictions CSV: (N,) per-example score whose mean is select_by (the paired test), or (N, K) statistics
+    corpus_statistic: object  # None, or summed per_example statistics (..., K) -> select_by (..., ): a corpus score that is not a mean
     def data_table(self, report: dict) -> tuple: ...  # the data report as (a table, a note)
     def examples(self, frames: dict, k: int): ...  # a table of k test examples with each model's prediction, or None
 
@@ -110,6 +111,7 @@ class EncoderTask:
     registry's hard-label `ce` on the task's view; batches are `data.collate`'s."""
 
     model_types = ("bert",)
+    corpus_statistic = None  # the paired test averages per_example's scores
 
     def bind(self, prepared: Path):
         return self  # nothing of the prepared data is needed beyond its splits

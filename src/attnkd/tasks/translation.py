@@ -6,10 +6,11 @@ byte-level BPE vocabulary that prepare trains on the training split and saves in
 data (`tokenizer/`, a Hugging Face tokenizer dir every model then carries). The teacher is an
 encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.seq2seq) with
 label-smoothed cross-entropy. Raw output: `logits` (B, m, V) under teacher forcing; view: one row
-per real target position, (R, V), and targets the gold token of each, so the registry's `ce` and
-`kd` are word-level. Predictions are greedy translations; validation picks the epoch by corpus
-chrF; evaluation reports sacreBLEU's chrF and BLEU with their signatures, and per sentence chrF
-(the paired bootstrap's score) and sentence BLEU.
+per real target position, (R, V) (a stored teacher's: its top-k ids and log-probabilities, (R, k)),
+and targets the gold token of each, so the registry's `ce` and `kd` are word-level. Predictions
+are greedy translations (evaluate: `evaluate.beam`); validation picks the epoch by corpus BLEU;
+evaluation reports sacreBLEU's BLEU and chrF with their signatures, and per sentence chrF and
+sentence BLEU; the report's paired test resamples sentences' BLEU statistics.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ from attnkd.io import sha256_file
 from attnkd.params import Params
 from attnkd.seq2seq import Architecture, build_model, collate_pairs, cut, forward, label_smoothed_ce, translate
 from attnkd.tasks import View
-from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, read_parallel, score, train_tokenizer
+from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, bleu_from_stats, bleu_stats, read_parallel, score, train_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in the prepared data: the joint vocabulary
-FILL = -1e4  # a token outside the teacher's stored top-k: no probability after softmax
 
 
 def save_tokenizer(tok, out: Path) -> None:
@@ -66,22 +66,27 @@ def token_stats(ids: list[np.ndarray], full: list[int], max_length: int, side: s
 
 class Translation:
     name = "translation"
-    select_by = "chrf"  # corpus chrF: smoother than BLEU on small or young models (BLEU is 0 until 4-grams match)
-    summary_metrics = ("chrf", "bleu")
+    select_by = "bleu"  # corpus BLEU, the figure translation results are compared by (chrF beside it)
+    summary_metrics = ("bleu", "chrf")
     outputs = {"logits": "target"}  # (B, m, V) per target position
-    quality = {"chrf": "chrF", "bleu": "BLEU"}
-    short = "chrF"
-    headline = {"chrf": "chrf", "bleu": "bleu"}
+    quality = {"bleu": "BLEU", "chrf": "chrF"}
+    short = "BLEU"
+    headline = {"bleu": "bleu", "chrf": "chrf"}
     model_types = ("marian",)
 
-    def __init__(self, tokenizer=None):
+    def __init__(self, tokenizer=None, beam: int = 1):
         self.tokenizer = tokenizer  # the prepared data's (bind): decodes predictions
+        self.beam = beam  # predict's search: greedy (1) or beam search of this size
 
     def bind(self, prepared: Path) -> Translation:
         """The task with the prepared data's vocabulary, which turns predicted ids into text."""
         from attnkd.models import load_tokenizer
 
-        return Translation(load_tokenizer(Path(prepared) / TOKENIZER_DIR))
+        return Translation(load_tokenizer(Path(prepared) / TOKENIZER_DIR), self.beam)
+
+    def searching(self, beam: int) -> Translation:
+        """The task whose predictions are beam search translations of this size (1 = greedy)."""
+        return Translation(self.tokenizer, beam)
 
     def model_class(self) -> type:
         from transformers import MarianMTModel
@@ -190,23 +195,22 @@ class Translation:
         return data.ids_digest([*split.input_ids, *split.extra["target_ids"]])
 
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
-        """One row per real target position, (R, V). The teacher's rows from the store are its
-        top-k log-probabilities with every other token at FILL: softmax(row / T) is then its
-        tempered distribution renormalised over the k (what kd reads; losses.topk_kd_loss's value)."""
+        """One row per real target position: a model's logits (R, V), or a stored teacher's top-k
+        token ids and log-probabilities (R, k), which kd reads as the teacher's distribution
+        tempered and renormalised over the k (losses.topk_kd_loss) without widening them to V."""
         real = batch["decoder_attention_mask"].bool()  # (B, m)
         if "logits" in raw:
             return {"logits": raw["logits"][real]}  # (R, V)
-        ids, logp = raw["topk_ids"][real], raw["topk_logp"][real]  # (R, k)
-        rows = torch.full((len(ids), len(self.tokenizer)), FILL, dtype=logp.dtype, device=logp.device)
-        return {"logits": rows.scatter(1, ids, logp)}  # (R, V)
+        return {"topk_ids": raw["topk_ids"][real], "topk_logp": raw["topk_logp"][real]}  # (R, k) each
 
     def targets(self, batch: dict) -> View:
         return {"labels": batch["labels"][batch["decoder_attention_mask"].bool()]}  # (R,)
 
     def predict(self, model, split: Split, batch_size: int, pad_id: int, compute: Compute = CPU) -> np.ndarray:
-        """Greedy translations as target ids, one array per source (an object array, split order)."""
+        """Translations (greedy, or beam search of self.beam) as target ids, one array per source
+        (an object array, split order)."""
         out = np.empty(len(split), dtype=object)
-        out[:] = translate(model, list(split.input_ids), beam=1, batch_size=batch_size, device=compute.device)
+        out[:] = translate(model, list(split.input_ids), beam=self.beam, batch_size=batch_size, device=compute.device)
         return out
 
     def texts(self, predictions: np.ndarray) -> list[str]:
@@ -233,13 +237,20 @@ class Translation:
         return f"reference: {split.extra['text_pair'][i]}"
 
     def quality_note(self, params: Params) -> str:
-        return ("chrF and BLEU: sacreBLEU's corpus scores (0-100) of greedy translations of the test sources, cased and detokenised "
-                "(signatures in the metrics JSON). Δ, interval and p are in chrF points, from the paired bootstrap of sentence-level chrF "
-                "(corpus scores do not split into sentences; the mean sentence chrF stands in for corpus chrF). ")
+        search = "greedy translations" if params.evaluate.beam == 1 else f"beam search translations (beam {params.evaluate.beam})"
+        return (f"BLEU and chrF: sacreBLEU's corpus scores (0-100) of {search} of the test sources, cased and detokenised "
+                "(signatures in the metrics JSON). Δ, interval and p are in corpus BLEU points: each resample of seeds and test sentences "
+                "is scored by its summed BLEU statistics (Koehn 2004's paired bootstrap resampling). ")
 
     def per_example(self, frame: pd.DataFrame) -> np.ndarray:
-        """The paired tests' per-example score: each sentence's chrF as a fraction (the report's Δ is then in chrF points)."""
-        return frame["chrf"].to_numpy(dtype=np.float64) / 100.0
+        """The paired test's per-sentence statistics, (N, 10): BLEU's lengths and n-gram counts of
+        each translation against its reference (corpus_statistic scores their sums)."""
+        return bleu_stats(frame["translation"].astype(str).tolist(), frame["reference"].astype(str).tolist())
+
+    @staticmethod
+    def corpus_statistic(stats: np.ndarray) -> np.ndarray:
+        """Corpus BLEU as a fraction (the report's Δ is then in BLEU points) of summed statistics (..., 10)."""
+        return bleu_from_stats(stats) / 100.0
 
     def data_table(self, report: dict) -> tuple[pd.DataFrame, str]:
         keys = ("pairs", "dropped_empty", "source_tokens_p50", "source_tokens_p95", "source_truncated", "target_tokens_p50", "target_tokens_p95", "target_truncated")
