@@ -43,7 +43,7 @@ def main() -> None:
     rows = [g for g in groups if g != "teacher"]  # a method, or "<student> <method>" with several students
     names = [n for models in groups.values() for n in models]
     task = get_task(params.task)
-    main, label = task.select_by, task.quality[task.select_by]
+    main, label = task.compare_by, task.quality[task.compare_by]
     results = {n: read_json(args.metrics_dir / f"{n}.json") for n in names}
     predictions = {n: read_frame(args.predictions_dir / f"{n}.csv", keep_default_na=False) for n in names}
     scores = {n: task.per_example(frame) for n, frame in predictions.items()}  # (N,) per test example, its mean is `main`; or (N, K) statistics

@@ -309,11 +309,11 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
                     meta: dict, data_report: dict, task, examples: pd.DataFrame | None = None, store=None) -> Document:
     """The whole report: quality, efficiency, attention agreement and heatmaps, per class, per
     seed, curves, data and setup, in the task's metrics (`task.quality`, its main metric
-    `task.select_by`). `images`: the figures by file name; `heatmaps`: those of them that are
+    `task.compare_by`). `images`: the figures by file name; `heatmaps`: those of them that are
     attention heatmaps (`attention_<example>.png`); `examples`: a table of test examples with each
     model's prediction, when the task makes one."""
     rp, digits = params.report, params.report.digits
-    main, label = task.select_by, task.quality[task.select_by]
+    main, label = task.compare_by, task.quality[task.compare_by]
     capital = label[:1].upper() + label[1:]  # the label at the start of a caption or heading
     students = params.distill.students
     methods = list(params.methods)

@@ -35,6 +35,7 @@ View = dict[str, torch.Tensor]
 class Task(Protocol):
     name: str
     select_by: str  # the validation metric that picks the best epoch
+    compare_by: str  # the test metric the report compares methods by (its Δ and p): select_by, or the task's own
     summary_metrics: tuple[str, ...]  # validation metrics kept in reports/train/<model>.json
     outputs: dict[str, str]  # raw model output -> "example" (a row per feature) | "token" (a value per real token)
 
@@ -57,15 +58,15 @@ class Task(Protocol):
     def metrics(self, split: Split, predictions: np.ndarray) -> dict[str, float]: ...  # validation metrics
     def evaluation(self, split: Split, predictions: np.ndarray, meta: PreparedMeta, bins: int) -> tuple[dict, str]: ...  # metrics JSON, predictions CSV
     def caption(self, split: Split, i: int, meta: PreparedMeta) -> str: ...  # one example, beside its attention maps
-    # what the report shows: its quality columns (metric -> label; select_by is the main one), the
+    # what the report shows: its quality columns (metric -> label; compare_by is the main one), the
     # main metric's short name in column titles, the DVC metrics (short name -> metric)
     quality: dict[str, str]
     short: str
     headline: dict[str, str]
 
     def quality_note(self, params) -> str: ...  # the sentence under the quality table about its columns
-    def per_example(self, frame) -> np.ndarray: ...  # from a predictions CSV: (N,) per-example score whose mean is select_by (the paired test), or (N, K) statistics
-    corpus_statistic: object  # None, or summed per_example statistics (..., K) -> select_by (..., ): a corpus score that is not a mean
+    def per_example(self, frame) -> np.ndarray: ...  # from a predictions CSV: (N,) per-example score whose mean is compare_by (the paired test), or (N, K) statistics
+    corpus_statistic: object  # None, or summed per_example statistics (..., K) -> compare_by (...,): a corpus score that is not a mean
     def data_table(self, report: dict) -> tuple: ...  # the data report as (a table, a note)
     def examples(self, frames: dict, k: int): ...  # a table of k test examples with each model's prediction, or None
 
@@ -112,6 +113,10 @@ class EncoderTask:
 
     model_types = ("bert",)
     corpus_statistic = None  # the paired test averages per_example's scores
+
+    @property
+    def compare_by(self) -> str:
+        return self.select_by
 
     def bind(self, prepared: Path):
         return self  # nothing of the prepared data is needed beyond its splits

@@ -8,7 +8,7 @@ encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.se
 label-smoothed cross-entropy. Raw output: `logits` (B, m, V) under teacher forcing; view: one row
 per real target position, (R, V) (a stored teacher's: its top-k ids and log-probabilities, (R, k)),
 and targets the gold token of each, so the registry's `ce` and `kd` are word-level. Predictions
-are greedy translations (evaluate: `evaluate.beam`); validation picks the epoch by corpus BLEU;
+are greedy translations (evaluate: `evaluate.beam`); validation picks the epoch by corpus chrF;
 evaluation reports sacreBLEU's BLEU and chrF with their signatures, and per sentence chrF and
 sentence BLEU; the report's paired test resamples sentences' BLEU statistics.
 """
@@ -66,7 +66,8 @@ def token_stats(ids: list[np.ndarray], full: list[int], max_length: int, side: s
 
 class Translation:
     name = "translation"
-    select_by = "bleu"  # corpus BLEU, the figure translation results are compared by (chrF beside it)
+    select_by = "chrf"  # corpus chrF: smoother than BLEU on small or young models (BLEU is 0 until 4-grams match)
+    compare_by = "bleu"  # corpus BLEU: what the report's Δ and p are in (the figure of the anchors)
     summary_metrics = ("bleu", "chrf")
     outputs = {"logits": "target"}  # (B, m, V) per target position
     quality = {"bleu": "BLEU", "chrf": "chrF"}
