@@ -455,3 +455,23 @@ def test_ce_with_label_smoothing_matches_hand_value():
     cfg = LossConfig(label_smoothing=0.1)
     assert LOSSES["ce"].fn({"logits": logits}, {"labels": torch.tensor([0, -1])}, None, cfg).item() == pytest.approx(expected, abs=1e-6)
     assert LOSSES["ce"].fn({"logits": logits[:1]}, {"labels": torch.tensor([0])}, None, LossConfig()).item() == pytest.approx(-logq[0].item(), abs=1e-6)
+
+
+def test_enc_kl_matches_hand_value_over_the_source_tokens():
+    """An encoder's (B, H, n, n) self-attention: B = 1, n = 3 with the third token padding; the
+    registry entry reads the "enc" maps, and its mask (the source's) picks the query rows."""
+    t = torch.tensor([[[[0.5, 0.5, 0.0], [0.9, 0.1, 0.0], [0.3, 0.3, 0.4]]]])  # (1, 1, 3, 3)
+    s = torch.tensor([[[[0.25, 0.75, 0.0], [0.5, 0.5, 0.0], [0.1, 0.1, 0.8]]], [[[0.25, 0.75, 0.0], [0.5, 0.5, 0.0], [0.1, 0.1, 0.8]]]]).transpose(0, 1)  # (1, 2, 3, 3): 2 equal heads
+    rows = [0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75), 0.9 * math.log(0.9 / 0.5) + 0.1 * math.log(0.1 / 0.5)]
+    got = LOSSES["enc_kl"].fn({"enc": s}, {"enc": t}, torch.tensor([[1, 1, 0]]), LossConfig())
+    assert got.item() == pytest.approx(sum(rows) / 2, abs=1e-6)
+    assert LOSSES["enc_kl"].source_queries and not LOSSES["cross_kl"].source_queries and not LOSSES["dec_kl"].source_queries
+
+
+def test_dec_kl_matches_hand_value_over_the_causal_target_rows():
+    """A decoder's causal (B, H, m, m) self-attention: the first row attends to itself only (KL 0
+    when both do), the second over two tokens; a padded third target row is left out."""
+    t = torch.tensor([[[[1.0, 0.0, 0.0], [0.8, 0.2, 0.0], [0.2, 0.3, 0.5]]]])  # (1, 1, 3, 3)
+    s = torch.tensor([[[[1.0, 0.0, 0.0], [0.4, 0.6, 0.0], [0.6, 0.2, 0.2]]]])
+    expected = (0.0 + 0.8 * math.log(0.8 / 0.4) + 0.2 * math.log(0.2 / 0.6)) / 2
+    assert LOSSES["dec_kl"].fn({"dec": s}, {"dec": t}, torch.tensor([[1, 1, 0]]), LossConfig()).item() == pytest.approx(expected, abs=1e-6)

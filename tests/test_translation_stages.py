@@ -161,7 +161,7 @@ def test_the_store_holds_the_teachers_translations_topk_and_cross_attention_as_o
 def test_a_method_with_both_targets_or_a_loss_of_another_task_is_refused(stages, tmp_path, capsys):
     doc = yaml.safe_load((stages / "params.yaml").read_text())
     for methods, pattern in (({"mixed": {"ce": 1.0, "seq_kd": 1.0}}, r"methods\.mixed: .*a method takes one of the two targets"),
-                             ({"at": {"ce": 1.0, "attn_kl": 1.0}}, r"methods\.at: methods: attn_kl is not a loss of task translation \(its losses: ce, kd, seq_kd, cross_kl\)")):
+                             ({"at": {"ce": 1.0, "attn_kl": 1.0}}, r"methods\.at: methods: attn_kl is not a loss of task translation \(its losses: ce, kd, seq_kd, cross_kl, enc_kl, dec_kl\)")):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc | {"methods": methods}))
         capsys.readouterr()
         assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
@@ -286,3 +286,83 @@ def test_an_empty_pair_is_dropped_and_counted_by_default(tmp_path):
     assert run_script("prepare", "--params", tmp_path / "params.yaml", "--out", tmp_path / "prepared", "--report", tmp_path / "data.json") == 0
     report = json.loads((tmp_path / "data.json").read_text())
     assert report["splits"]["train"]["dropped_empty"] == 1 and report["splits"]["train"]["pairs"] == 239
+
+
+ALL_MAPS = {"ce": 1.0, "cross_kl": 1.0, "enc_kl": 1.0, "dec_kl": 1.0}  # every attention kind, on the references
+
+
+@pytest.fixture(scope="module")
+def all_maps(stages, tmp_path_factory):
+    """A store for a method that reads all three attention kinds of teacher layer 1 (the 1 + 2-layer
+    teacher's encoder has no layer 2, so the layer map pairs its layer 1 with the student's)."""
+    root = tmp_path_factory.mktemp("maps")
+    doc = yaml.safe_load((stages / "params.yaml").read_text())
+    doc["methods"] = {"maps": ALL_MAPS}
+    doc["distill"]["layer_map"] = [[1, 1]]
+    (root / "params.yaml").write_text(yaml.safe_dump(doc))
+    p = ["--params", root / "params.yaml"]
+    assert run_script("plan", *p, "--teacher", stages / "teacher", "--out", root / "plan.json") == 0
+    assert json.loads((root / "plan.json").read_text())["tensors"] == {"reference/cross": [1], "reference/dec": [1], "reference/enc": [1]}
+    assert run_script("extract", *p, "--prepared", stages / "prepared", "--transfer", stages / "transfer", "--teacher", stages / "teacher",
+                      "--plan", root / "plan.json", "--out", root / "signals") == 0
+    return root
+
+
+def test_the_store_holds_encoder_and_decoder_self_attention_as_online(stages, all_maps):
+    """Ragged (H, n, n) encoder and (H, m, m) decoder maps come back zero-padded and equal to the
+    teacher's own, beside its cross-attention, for pairs of different lengths."""
+    store = PairStore(all_maps / "signals")
+    teacher = load_model(stages / "teacher", get_task("translation").bind(stages / "prepared"))
+    train = data.load_split(stages / "prepared", "train")
+    lengths = np.array([len(x) + 100 * len(y) for x, y in zip(train.input_ids, train.extra["target_ids"])])
+    idx = np.array([int(np.argmin(lengths)), 0, *np.unique(lengths, return_index=True)[1][1:3]])  # the shortest pair and others: ragged
+    batch = collate_pairs([train.input_ids[i] for i in idx], [train.extra["target_ids"][i] for i in idx])
+    t, s = batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1]
+    got = store.batch(idx, "reference", store.manifest.tensors, t, s)
+    with torch.no_grad():
+        out = forward(teacher, batch, output_attentions=True)
+    src, tgt = batch["attention_mask"].bool(), batch["decoder_attention_mask"].bool()
+    for kind, online, rows, cols in (("enc", out.encoder_attentions[0], src, src), ("dec", out.decoder_attentions[0], tgt, tgt),
+                                     ("cross", out.cross_attentions[0], tgt, src)):
+        real = rows[:, None, :, None] & cols[:, None, None, :]  # (B, 1, rows, cols): real query and key
+        assert got[(kind, 1)].shape == online.shape
+        assert torch.allclose(got[(kind, 1)][real.expand_as(online)], online[real.expand_as(online)], atol=2e-3)  # float16 store
+        assert not got[(kind, 1)][~real.expand_as(online)].any()  # padding holds 0
+    assert len({len(train.input_ids[i]) for i in idx}) > 1 and len({len(train.extra["target_ids"][i]) for i in idx}) > 1, idx
+    heads = store.manifest.heads
+    assert store.manifest.files["reference_enc_layer1.npy"].shape == [int(heads * sum(len(x) ** 2 for x in train.input_ids))]
+
+
+def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages, all_maps):
+    """enc_kl averages the encoder's rows over the source tokens, dec_kl the decoder's over the
+    target tokens: the objective's terms equal cross_kl_loss worked out from the store with those masks."""
+    from attnkd.distillation import assemble
+    from attnkd.losses import cross_kl_loss
+
+    params = Params.model_validate(yaml.safe_load((all_maps / "params.yaml").read_text()))
+    task = get_task("translation").bind(stages / "prepared")
+    store = PairStore(all_maps / "signals")
+    run = assemble(params, "small", "maps", 42, load_model(stages / "teacher", task), store, task=task)
+    train = run.rows(data.load_split(stages / "prepared", "train"))
+    idx = np.array([5, 9, 100])
+    batch = task.collate(train, idx, 0)
+    run.student.eval()
+    _, terms = run.step_loss(run.student, batch, idx)
+    out = forward(run.student, batch, output_attentions=True)
+    got = store.batch(idx, "reference", store.manifest.tensors, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
+    src, tgt = batch["attention_mask"], batch["decoder_attention_mask"]
+    expected = {"enc_kl": cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], src), "dec_kl": cross_kl_loss(out.decoder_attentions[0], got[("dec", 1)], tgt),
+                "cross_kl": cross_kl_loss(out.cross_attentions[0], got[("cross", 1)], tgt)}
+    for name, value in expected.items():
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5) and value.item() > 0
+    assert cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], src).item() != pytest.approx(
+        cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], torch.ones_like(src)).item(), rel=1e-3)  # the mask matters
+
+
+def test_an_encoder_loss_on_a_layer_the_encoder_lacks_is_refused(stages, tmp_path, capsys):
+    doc = yaml.safe_load((stages / "params.yaml").read_text()) | {"methods": {"enc": {"ce": 1.0, "enc_kl": 1.0}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc))  # uniform map: teacher layer 2, the 1 + 2-layer teacher's encoder has 1
+    capsys.readouterr()
+    assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
+    assert re.search(r"methods\.enc: an encoder self-attention loss .* up to layer 2, but the teacher has 1 encoder layers", capsys.readouterr().err)
+    assert not (tmp_path / "plan.json").exists()

@@ -120,7 +120,10 @@ MUTANTS = [
     # translation: the encoder-decoder's store, targets and losses
     *group("src/attnkd/pair_store.py", ("tests/test_translation_stages.py",),
            ("pair_store_cross_from_the_layer_below", "maps = out.cross_attentions[l - 1].float().cpu().numpy()", "maps = out.cross_attentions[max(l - 2, 0)].float().cpu().numpy()"),
-           ("pair_store_topk_reversed", 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids', 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids[:, ::-1]')),
+           ("pair_store_topk_reversed", 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids', 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids[:, ::-1]'),
+           ("pair_store_dec_maps_transposed", "x = getattr(out, attr)[l - 1].float().cpu().numpy()", "x = getattr(out, attr)[l - 1].transpose(-1, -2).float().cpu().numpy()")),
+    *group("src/attnkd/objective.py", ("tests/test_translation_stages.py",),
+           ("enc_kl_over_the_target_tokens", 'queries = batch["attention_mask"] if loss.source_queries else mask', "queries = mask")),
     *group("src/attnkd/distillation.py", ("tests/test_translation_stages.py",),
            ("seq_kd_trains_on_the_references", "if self.targets is not None:  # the teacher's translations replace the references", "if False:")),
     *group("src/attnkd/translation.py", ("tests/test_translation.py",),

@@ -129,7 +129,7 @@ class PairManifest(Artifact):
     RERUN: ClassVar[str] = "re-run `dvc repro extract`"
     format: str
     num_examples: int
-    heads: int  # of the teacher's decoder cross-attention
+    heads: int  # of the teacher's attention (encoder and decoder layers alike: teacher.seq2seq.heads)
     topk: int  # tokens kept per target position
     beam: int  # of the teacher's translations (1: greedy)
     dtype: str  # storage dtype of the attention maps

@@ -108,7 +108,8 @@ def cross_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor
     tokens; mask (B, m): 1 on real target tokens (the queries). Padded source tokens (keys) hold
     probability 0 in the teacher's rows (the model masks them; the store pads with 0), so they add
     nothing; padded target rows are left out of the mean, and each pair is averaged over its own
-    target length.
+    target length. The same loss transfers the encoder's self-attention (m = n source tokens,
+    mask the source's) and the decoder's (n = m target tokens, causal: keys after a query hold 0).
     """
     p_t = attn_t.detach().float().mean(1)  # (B, m, n)
     a_s = attn_s.float().mean(1)  # (B, m, n)
@@ -266,6 +267,7 @@ class Loss:
     gold: bool = False  # reads the gold targets (the task's "labels" view) instead of the teacher's
     teacher_targets: bool = False  # its targets are the teacher's outputs (sequence-level KD: the teacher's translations)
     seq2seq: bool | None = False  # False: encoder tasks only; True: task translation only; None: every task
+    source_queries: bool = False  # per-layer maps whose queries are the source tokens (an encoder's): masked by the source, not the loss mask
     projects: bool = False  # learns a (student width -> teacher width) projection when the widths differ
 
 
@@ -320,6 +322,9 @@ LOSSES: dict[str, Loss] = {
     "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
                    teacher_targets=True, seq2seq=True),
     "cross_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["cross"], t["cross"], mask), _kinds("cross"), per_layer=True, seq2seq=True),
+    # an encoder-decoder's self-attention, head-averaged: encoder layers over the source, decoder layers over the target so far
+    "enc_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["enc"], t["enc"], mask), _kinds("enc"), per_layer=True, seq2seq=True, source_queries=True),
+    "dec_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["dec"], t["dec"], mask), _kinds("dec"), per_layer=True, seq2seq=True),
     "kd_mse": Loss(lambda s, t, mask, cfg: kd_mse_loss(s["logits"], t["logits"]), _kinds("logits"), per_layer=False),
     "cls_kl": Loss(lambda s, t, mask, cfg: cls_kl_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),
     "cls_mse": Loss(lambda s, t, mask, cfg: cls_mse_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),

@@ -258,4 +258,8 @@ def layer_tensor(kind: str, layer: int, out, cap: dict) -> torch.Tensor:
         return out.hidden_states[layer]  # (B, T, D); hidden_states[0] is the embeddings
     if kind == "cross":
         return out.cross_attentions[layer - 1]  # (B, H, m, n): an encoder-decoder's decoder layer over the source
+    if kind == "enc":
+        return out.encoder_attentions[layer - 1]  # (B, H, n, n): its encoder layer's self-attention
+    if kind == "dec":
+        return out.decoder_attentions[layer - 1]  # (B, H, m, m): its decoder layer's (causal) self-attention
     return cap[layer][kind]  # q, k, v: (B, T, D); scores: (B, H, T, T)

@@ -19,7 +19,7 @@ from attnkd.tasks import Task, get_task, raw_outputs
 
 Pairs = list[tuple[int, int]]
 CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models.capture)
-SEQ2SEQ_KINDS = ("cross",)  # the per-layer kinds an encoder-decoder student exposes: its decoder's cross-attention
+SEQ2SEQ_KINDS = ("cross", "enc", "dec")  # the per-layer kinds an encoder-decoder student exposes: cross-attention, encoder and decoder self-attention
 
 
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
@@ -67,8 +67,10 @@ def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
 def translation_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
     """What an encoder-decoder teacher's store must hold (attnkd.pair_store): per method, on its
     targets (the teacher's translations for a method with a teacher-targets loss, else the
-    references), the top-k for an output-level loss and the cross-attention of the decoder
-    layers the layer map pairs with a student's, for a per-layer loss."""
+    references), the top-k for an output-level loss and, for a per-layer loss, the maps it reads
+    (cross-attention, encoder or decoder self-attention) of the layers the layer map pairs with
+    a student's: decoder layers, and for the encoder's maps the encoder layers of the same
+    numbers (which the teacher's encoder must have)."""
     dp = params.distill
     wanted: dict[str, set[int]] = {}
     for name in dp.students:
@@ -78,6 +80,11 @@ def translation_plan(params: Params, teacher_config: dict) -> dict[str, list[int
         pairs = resolve_layer_map(dp.layer_map, teacher_config["decoder_layers"], sp.num_layers)
         for method, weights in params.methods.items():
             w = weights.weights()
+            deepest = max(t for t, _ in pairs)
+            if any(LOSSES[k].source_queries for k in w) and deepest > teacher_config["encoder_layers"]:
+                raise UserError(f"methods.{method}: an encoder self-attention loss reads the teacher layers distill.layer_map pairs in the encoder too, "
+                                f"up to layer {deepest}, but the teacher has {teacher_config['encoder_layers']} encoder layers (teacher.seq2seq); "
+                                "map onto layers both stacks have (e.g. distill.layer_map: [[1, 1]])")
             try:
                 check_compatible(w, dp, sp, teacher_config["decoder_attention_heads"], teacher_config["d_model"], params.task)
             except UserError as e:
@@ -163,7 +170,7 @@ class Objective(torch.nn.Module):
         mask = self.task.loss_mask(batch)  # (B, T): the real tokens (of the target, for an encoder-decoder)
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
-            out = self.task.forward(student, batch, output_attentions=bool({"attn", "cls", "cross"} & self.kinds), output_hidden_states="hidden" in self.kinds)
+            out = self.task.forward(student, batch, output_attentions=bool({"attn", "cls", *SEQ2SEQ_KINDS} & self.kinds), output_hidden_states="hidden" in self.kinds)
         view_s = self.task.view(raw_outputs(self.task, out), batch)  # {"logits": (R, C)}
         view_t = self.task.view(outputs_t, batch) if outputs_t else {}  # none for a method of gold losses only
         targets = self.task.targets(batch)  # {"labels": (R,)}
@@ -178,7 +185,8 @@ class Objective(torch.nn.Module):
             for tl, sl in self.pairs:
                 layer_s = {k: layer_tensor(k, sl, out, cap) for k in kinds}  # one accessor for both sides' layer conventions
                 layer_t = {k: t[(k, tl)] for k in kinds}
-                per_pair[f"{name}/t{tl}-s{sl}"] = loss.fn(layer_s, layer_t, mask, self._pair_config(sl))
+                queries = batch["attention_mask"] if loss.source_queries else mask  # (B, n) the source's, or the task's (B, T)
+                per_pair[f"{name}/t{tl}-s{sl}"] = loss.fn(layer_s, layer_t, queries, self._pair_config(sl))
             terms[name] = torch.stack([per_pair[f"{name}/t{tl}-s{sl}"] for tl, sl in self.pairs]).mean()
         total = sum(self.weights[k] * v for k, v in terms.items())
         return total, terms | per_pair

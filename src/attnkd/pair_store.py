@@ -12,6 +12,8 @@ teacher's own translations of the training sources ("teacher", sequence-level KD
                         float32 (log-probabilities at T = 1), (m_i, k) per pair, flat
     <target>/cross      cross-attention of decoder layer l, post-softmax: <target>_cross_layer{l}.npy,
                         (H, m_i, n_i) per pair at offset H * sum_{j<i} m_j n_j, in `dtype`
+    <target>/enc        self-attention of encoder layer l: <target>_enc_layer{l}.npy, (H, n_i, n_i)
+    <target>/dec        self-attention of decoder layer l (causal): <target>_dec_layer{l}.npy, (H, m_i, m_i)
 
 with source_lengths.npy and reference_lengths.npy (N,) int32. Ragged (no padding): sizes grow with
 sum(m n), not N x max^2; memory-mapped when read; every file's sha256 in the manifest, checked on
@@ -35,11 +37,19 @@ from attnkd.signals import NP_DTYPES, decode, encode, list_files, read_manifest
 
 FORMAT = "attnkd-pair-signals/1"
 TARGETS = ("reference", "teacher")
+# per attention kind: the model output holding it, and its rows and columns (m: target, n: source tokens)
+MAPS = {"cross": ("cross_attentions", "m", "n"), "enc": ("encoder_attentions", "n", "n"), "dec": ("decoder_attentions", "m", "m")}
 
 
 def starts(sizes: np.ndarray) -> np.ndarray:
     """(N + 1,) offset of each pair's block in a flat file of these (N,) block sizes."""
     return np.concatenate([[0], np.cumsum(sizes.astype(np.int64))])
+
+
+def map_starts(heads: int, m: np.ndarray, n: np.ndarray) -> dict[str, np.ndarray]:
+    """Per attention kind, (N + 1,) offset of each pair's (H, rows, cols) block in its flat file."""
+    sides = {"m": m, "n": n}
+    return {kind: starts(heads * sides[r] * sides[c]) for kind, (_, r, c) in MAPS.items()}
 
 
 def targets_of(split: Split, target: str, translations: list[np.ndarray] | None) -> list[np.ndarray]:
@@ -52,7 +62,7 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
     """Run the teacher over the training pairs and write the store into `out_dir` (exists,
     empty): its translations first when a "teacher/..." entry is wanted (greedy, or beam search
     of `beam`), then, per target, teacher forcing over length-sorted batches for the top-k and the
-    cross-attention maps of the wanted decoder layers."""
+    attention maps (MAPS) of the wanted layers."""
     model.eval()
     sources = list(split.input_ids)
     n = np.array([len(s) for s in sources], dtype=np.int64)
@@ -71,25 +81,28 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
         np.save(out_dir / f"{target}_lengths.npy", m.astype(np.int32))
         if not kinds:
             continue
-        tok_at, map_at = starts(m), starts(heads * m * n)
+        tok_at, map_at, sides = starts(m), map_starts(heads, m, n), {"m": m, "n": n}
         files = {}
         if "topk" in kinds:
             files["ids"] = np.lib.format.open_memmap(out_dir / f"{target}_topk_ids.npy", mode="w+", dtype=np.int32, shape=(int(tok_at[-1]), topk))
             files["logp"] = np.lib.format.open_memmap(out_dir / f"{target}_topk_logp.npy", mode="w+", dtype=np.float32, shape=(int(tok_at[-1]), topk))
-        layers = kinds.get("cross", [])
-        for l in layers:
-            files[l] = np.lib.format.open_memmap(out_dir / f"{target}_cross_layer{l}.npy", mode="w+", dtype=NP_DTYPES[dtype], shape=(int(map_at[-1]),))
+        maps = [(kind, l) for kind in MAPS for l in kinds.get(kind, [])]
+        for kind, l in maps:
+            files[kind, l] = np.lib.format.open_memmap(out_dir / f"{target}_{kind}_layer{l}.npy", mode="w+", dtype=NP_DTYPES[dtype],
+                                                       shape=(int(map_at[kind][-1]),))
         for idx in tqdm(length_batches(m + n, batch_size), desc=f"extract {target}", unit="batch"):
             batch = collate_pairs([sources[i] for i in idx], [tgts[i] for i in idx])
-            out = forward(model, to_device(batch, device), output_attentions=bool(layers))
+            out = forward(model, to_device(batch, device), output_attentions=bool(maps))
             if "topk" in kinds:
                 for i, (ids, logp) in zip(idx, teacher_topk(out.logits.cpu(), batch["decoder_attention_mask"], topk)):
                     files["ids"][tok_at[i] : tok_at[i + 1]] = ids
                     files["logp"][tok_at[i] : tok_at[i + 1]] = logp
-            for l in layers:
-                maps = out.cross_attentions[l - 1].float().cpu().numpy()  # (B, H, m, n)
+            for kind, l in maps:
+                attr, r, c = MAPS[kind]
+                x = getattr(out, attr)[l - 1].float().cpu().numpy()  # (B, H, rows, cols)
+                at = map_at[kind]
                 for row, i in enumerate(idx):
-                    files[l][map_at[i] : map_at[i + 1]] = encode(maps[row, :, : m[i], : n[i]].reshape(-1), dtype)
+                    files[kind, l][at[i] : at[i + 1]] = encode(x[row, :, : sides[r][i], : sides[c][i]].reshape(-1), dtype)
         for f in files.values():
             f.flush()
         del files
@@ -109,7 +122,7 @@ class PairStore:
         self.n = np.load(self.root / "source_lengths.npy").astype(np.int64)
         self.m = {t: np.load(self.root / f"{t}_lengths.npy").astype(np.int64) for t in TARGETS if (self.root / f"{t}_lengths.npy").is_file()}
         self.tok_at = {t: starts(m) for t, m in self.m.items()}
-        self.map_at = {t: starts(self.manifest.heads * m * self.n) for t, m in self.m.items()}
+        self.map_at = {t: map_starts(self.manifest.heads, m, self.n) for t, m in self.m.items()}
         self.files = {name: load(name) for name in self.manifest.files if name not in ("source_lengths.npy", *(f"{t}_lengths.npy" for t in TARGETS))}
 
     def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
@@ -130,21 +143,23 @@ class PairStore:
 
     def batch(self, idx: np.ndarray, target: str, wanted: dict[str, list[int]], t: int, s: int) -> dict:
         """For pairs `idx` and one target: "topk_ids" (B, t, k) and "topk_logp" (B, t, k) when
-        topk is wanted, ("cross", l) (B, H, t, s) per wanted layer, zero-padded to t target and
-        s source positions."""
+        topk is wanted, and per wanted layer ("cross", l) (B, H, t, s), ("enc", l) (B, H, s, s),
+        ("dec", l) (B, H, t, t), zero-padded to t target and s source positions."""
         out: dict = {}
-        m, n, tok_at, map_at = self.m[target], self.n, self.tok_at[target], self.map_at[target]
+        m, n, tok_at = self.m[target], self.n, self.tok_at[target]
         if f"{target}/topk" in wanted:
             rows = [(np.asarray(self.files[f"{target}_topk_ids.npy"][tok_at[i] : tok_at[i + 1]]),
                      np.asarray(self.files[f"{target}_topk_logp.npy"][tok_at[i] : tok_at[i + 1]])) for i in idx]
             out["topk_ids"], out["topk_logp"] = pad_topk(rows, t)
-        h = self.manifest.heads
-        for l in wanted.get(f"{target}/cross", []):
-            x = np.zeros((len(idx), h, t, s), dtype=np.float32)
-            for row, i in enumerate(idx):
-                part = decode(self.files[f"{target}_cross_layer{l}.npy"][map_at[i] : map_at[i + 1]], self.manifest.dtype)
-                x[row, :, : m[i], : n[i]] = part.reshape(h, m[i], n[i])
-            out[("cross", l)] = torch.from_numpy(x)
+        h, sides, padded = self.manifest.heads, {"m": m, "n": n}, {"m": t, "n": s}
+        for kind, (_, r, c) in MAPS.items():
+            at = self.map_at[target][kind]
+            for l in wanted.get(f"{target}/{kind}", []):
+                x = np.zeros((len(idx), h, padded[r], padded[c]), dtype=np.float32)
+                for row, i in enumerate(idx):
+                    part = decode(self.files[f"{target}_{kind}_layer{l}.npy"][at[i] : at[i + 1]], self.manifest.dtype)
+                    x[row, :, : sides[r][i], : sides[c][i]] = part.reshape(h, sides[r][i], sides[c][i])
+                out[(kind, l)] = torch.from_numpy(x)
         return out
 
 
@@ -156,7 +171,7 @@ class PairSource:
         self.store, self.target = store, target
 
     def batch(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-        """({"topk_ids", "topk_logp"} when stored for the target, {("cross", l): (B, H, m, n)})."""
+        """({"topk_ids", "topk_logp"} when stored for the target, {(kind, l): the map}: ("cross", l) (B, H, m, n) ...)."""
         keys = {f"{self.target}/{kind}": layers for kind, layers in wanted.items()}
         got = self.store.batch(idx, self.target, keys, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
         device = batch["input_ids"].device
