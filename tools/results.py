@@ -2,6 +2,8 @@
 
     python tools/results.py           # regenerate the marked blocks
     python tools/results.py --check   # exit 1 when a block differs from what reports/ gives
+    python tools/results.py --run ../mt --code 2064c9f --doc docs/translation.md --block multi30k_quick
+                                      # a profile's run in another clone: its tables into one block of a doc
 
 The tables are cut from reports/report.md (which the report stage renders from the metrics) and
 stamped with the commit that last recorded reports/summary.json, so a number in the docs always
@@ -42,6 +44,14 @@ def blocks(root: Path) -> dict[str, str]:
     }
 
 
+def run_block(run: Path, code: str) -> str:
+    """A profile run's quality, efficiency and agreement tables, from its reports/report.md, stamped
+    with the commit whose code made them (the run's clone may carry uncommitted params)."""
+    report = (run / "reports/report.md").read_text(encoding="utf-8")
+    stamp = f"From the run's `reports/report.md` (code of commit {code}; params: the profile)."
+    return "\n\n".join([*(section_table(report, title) for title in SECTIONS.values()), stamp])
+
+
 def render(text: str, generated: dict[str, str]) -> str:
     return BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}", text)
 
@@ -50,7 +60,20 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="do not write; exit 1 if a block is out of date")
     p.add_argument("--root", type=Path, default=REPO)
+    p.add_argument("--run", type=Path, help="another clone that ran a profile: write its tables into --doc's --block")
+    p.add_argument("--code", help="with --run: the commit of the code that ran")
+    p.add_argument("--doc", type=Path, help="with --run: the doc to write into")
+    p.add_argument("--block", help="with --run: the block's name (<!-- results:NAME -->)")
     args = p.parse_args()
+    if args.run:
+        text = args.doc.read_text(encoding="utf-8")
+        if f"<!-- results:{args.block} -->" not in text:
+            print(f"{args.doc}: no <!-- results:{args.block} --> block", file=sys.stderr)
+            return 2
+        args.doc.write_text(BLOCK.sub(lambda m: f"{m.group(1)}{run_block(args.run, args.code)}\n{m.group(3)}" if m.group(2) == args.block else m.group(0), text),
+                            encoding="utf-8")
+        print(f"wrote: {args.doc} ({args.block})")
+        return 0
     generated = blocks(args.root)
     stale = []
     for path in (args.root / "README.md", args.root / "docs/results.md"):
