@@ -82,5 +82,18 @@ def test_a_checkpoint_from_other_params_is_not_resumed(work):
     changed = work / "changed.yaml"
     changed.write_text(yaml.safe_dump(doc))
     log = finish(teacher(work, "other", changed), env)
-    assert "written under other params or inputs; starting afresh" in log and "resuming" not in log
+    assert "written under other params, inputs or code; starting afresh" in log and "resuming" not in log
     assert json.loads((work / "other/attnkd.json").read_text())["params"]["learning_rate"] == 5.0e-4
+
+
+def test_a_checkpoint_from_other_code_is_not_resumed(tmp_path, monkeypatch):
+    """Same params and inputs, other attnkd source (e.g. another selection metric, whose best score
+    the checkpoint holds): the checkpoint is discarded; with the same source it is resumed."""
+    from attnkd import checkpoint
+
+    identity = {"params": {"epochs": 3}, "inputs": "abc"}
+    checkpoint.Checkpoints.beside(tmp_path / "model", identity, 1).save({"step": 7, "best": 44.9})
+    assert checkpoint.Checkpoints.beside(tmp_path / "model", identity, 1).load()["step"] == 7
+    monkeypatch.setattr(checkpoint, "code_digest", lambda: "another version")
+    assert checkpoint.Checkpoints.beside(tmp_path / "model", identity, 1).load() is None
+    assert not (tmp_path / "model.ckpt").exists()

@@ -126,6 +126,8 @@ MUTANTS = [
            ("enc_kl_over_the_target_tokens", 'queries = batch["attention_mask"] if loss.source_queries else mask', "queries = mask")),
     *group("src/attnkd/distillation.py", ("tests/test_translation_stages.py",),
            ("seq_kd_trains_on_the_references", "if self.targets is not None:  # the teacher's translations replace the references", "if False:")),
+    *group("src/attnkd/checkpoint.py", ("tests/test_resume.py::test_a_checkpoint_from_other_code_is_not_resumed",),
+           ("checkpoint_key_ignores_the_code", 'identity | {"code": code_digest()}', "identity")),
     *group("src/attnkd/translation.py", ("tests/test_translation.py",),
            ("bleu_smoothing_halves_once", "zeros = np.cumsum(correct == 0, axis=-1)", "zeros = (correct == 0).astype(float)")),
     *group("src/attnkd/tasks/translation.py", ("tests/test_translation_pipeline.py",),

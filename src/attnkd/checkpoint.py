@@ -1,8 +1,10 @@
 """Resumable training: atomic checkpoints of everything a run needs to continue bit for bit.
 
 A stage's checkpoints live beside its output dir, in `<out>.ckpt/` (ignored by git, not a DVC
-output), and carry a key: a digest of the run's params and inputs. A checkpoint written under
-other params or inputs is discarded, never resumed. The finished stage deletes the dir.
+output), and carry a key: a digest of the run's params, inputs and code (the attnkd package's
+source: a checkpoint keeps the state of the code that wrote it, e.g. the best score so far by its
+selection metric). A checkpoint written under other params, inputs or code is discarded, never
+resumed. The finished stage deletes the dir.
 
 The file is written to a temporary name and renamed, so a kill at any moment leaves either the
 previous checkpoint or the new one. It holds only tensors and plain values and is read with
@@ -17,6 +19,7 @@ import os
 import random
 import shutil
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +28,25 @@ import torch
 from attnkd.errors import UserError
 
 
+@cache
+def code_digest() -> str:
+    """sha256 of the attnkd package's Python source files (paths and contents, in path order)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 @dataclass(frozen=True)
 class Checkpoints:
     dir: Path
-    key: str  # digest of the params and inputs the run was started with
+    key: str  # digest of the params, inputs and code the run was started with
     every: int  # save every N optimiser steps (and at each epoch end); 0 = off
 
     @classmethod
     def beside(cls, out: Path, identity: dict, every: int) -> Checkpoints:
-        key = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        key = hashlib.sha256(json.dumps(identity | {"code": code_digest()}, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return cls(Path(out).with_name(Path(out).name + ".ckpt"), key, every)
 
     @property
@@ -41,7 +54,7 @@ class Checkpoints:
         return self.dir / "state.pt"
 
     def load(self) -> dict | None:
-        """The state to resume from, or None (off, none yet, or written under other params)."""
+        """The state to resume from, or None (off, none yet, or written under other params, inputs or code)."""
         if not self.every or not self.file.is_file():
             return None
         try:
@@ -49,7 +62,7 @@ class Checkpoints:
         except Exception as err:  # a file this code did not write; the rename makes partial writes impossible
             raise UserError(f"{self.file}: unreadable checkpoint ({type(err).__name__}); delete {self.dir} to start afresh") from None
         if state.get("key") != self.key:
-            print(f"{self.file}: written under other params or inputs; starting afresh")
+            print(f"{self.file}: written under other params, inputs or code; starting afresh")
             self.clear()
             return None
         print(f"resuming from {self.file} at step {state['step']}")
