@@ -180,12 +180,15 @@ def test_the_reading_names_only_rows_whose_interval_excludes_zero():
     summary = {"teacher": {}, "ce": {}, "kd": {"vs_ce": {"delta": 0.021, "ci_low": 0.004, "ci_high": 0.04, "p_value": 0.012, "detectable": 0.026}},
                "at": {"vs_ce": {"delta": 0.002, "ci_low": -0.03, "ci_high": 0.03, "p_value": 0.9, "detectable": 0.043}}}
     text = reading(summary)
-    assert "excludes 0): kd (+2.1 points, p 0.012)." in text and "For at the interval contains 0" in text
+    assert "excludes 0, p < 0.05): kd (+2.1 points, p 0.012)." in text and "For at the interval contains 0" in text
     assert "only differences of at least 4.3 points for at" in text and "for kd" not in text  # what this run could tell
     assert reading({"teacher": {}, "ce": {}}) == ""
-    assert "excludes 0): none." in reading({"at": summary["at"]})
+    assert "excludes 0, p < 0.05): none." in reading({"at": summary["at"]})
     worse = {"kd_at": {"vs_ce": {"delta": -0.03, "ci_low": -0.05, "ci_high": -0.01, "p_value": 0.004, "detectable": 0.028}}}
-    assert "excludes 0): kd_at (-3.0 points, p 0.004)." in reading(worse)  # an interval below 0 counts too
+    assert "excludes 0, p < 0.05): kd_at (-3.0 points, p 0.004)." in reading(worse)  # an interval below 0 counts too
+    edge = {"seq_kd_at": {"vs_ce": {"delta": 0.011, "ci_low": 0.0002, "ci_high": 0.022, "p_value": 0.0533, "detectable": 0.016}}}
+    text = reading(edge)  # the interval's quantile and p's shifted null disagree at the edge: not claimed
+    assert "excludes 0, p < 0.05): none." in text and "For seq_kd_at the interval just excludes 0 but p is 0.0533" in text
 
 
 def test_corpus_bootstrap_of_a_mean_is_the_paired_bootstrap():

@@ -242,17 +242,25 @@ class Document:
 
 def reading(summary: dict[str, dict]) -> str:
     """What the intervals allow one to say, and nothing more: the rows whose 95% interval of Δ
-    excludes 0, and a warning that the other rows are not told apart from ce by this run."""
+    excludes 0 and whose p is below 0.05, and a warning that the other rows are not told apart
+    from ce by this run (at the edge the interval and p can disagree: such a row is not claimed)."""
     compared = {row: s["vs_ce"] for row, s in summary.items() if "vs_ce" in s}
     if not compared:
         return ""
-    apart = [row for row, v in compared.items() if v["ci_low"] > 0 or v["ci_high"] < 0]
-    rest = [row for row in compared if row not in apart]
+    outside = [row for row, v in compared.items() if v["ci_low"] > 0 or v["ci_high"] < 0]
+    apart = [row for row in outside if compared[row]["p_value"] < 0.05]
+    edge = [row for row in outside if row not in apart]
+    inside = [row for row in compared if row not in outside]
+    rest = [*inside, *edge]
     told = ", ".join(f"{row} ({100 * compared[row]['delta']:+.1f} points, p {compared[row]['p_value']:.3g})" for row in apart)
-    text = f"Told apart from `{BASELINE}` by this run (95% interval of Δ excludes 0): {told or 'none'}."
-    if rest:
-        text += (f" For {', '.join(rest)} the interval contains 0: this run cannot rank them against `{BASELINE}`, and a re-run on another "
+    text = f"Told apart from `{BASELINE}` by this run (95% interval of Δ excludes 0, p < 0.05): {told or 'none'}."
+    if inside:
+        text += (f" For {', '.join(inside)} the interval contains 0: this run cannot rank them against `{BASELINE}`, and a re-run on another "
                  "machine, or with other seeds, may flip the sign of Δ.")
+    if edge:
+        text += (f" For {', '.join(edge)} the interval just excludes 0 but p is "
+                 + ", ".join(f"{compared[row]['p_value']:.3g}" for row in edge) + ": at the edge of the 5% level, not claimed.")
+    if rest:
         small = [row for row in rest if abs(compared[row]["delta"]) < compared[row]["detectable"]]
         if small:
             text += (" This run cannot tell differences of that size: it detects (with 80% power, at the 5% level) only differences of at least "
