@@ -69,5 +69,5 @@ def test_every_profile_gives_valid_params_a_task_accepts_and_a_plan(name):
     teacher = json.loads((resolve_init(PACKAGED_MODEL) / "config.json").read_text())
     if params.task == "translation":  # the encoder-decoder the teacher stage builds from teacher.seq2seq
         ts = params.teacher.seq2seq
-        teacher = {"decoder_layers": ts.decoder_layers, "decoder_attention_heads": ts.heads, "d_model": ts.d_model}
+        teacher = {"encoder_layers": ts.encoder_layers, "decoder_layers": ts.decoder_layers, "decoder_attention_heads": ts.heads, "d_model": ts.d_model}
     store_plan(params, teacher)  # raises when a student cannot train a method
