@@ -366,3 +366,13 @@ def test_an_encoder_loss_on_a_layer_the_encoder_lacks_is_refused(stages, tmp_pat
     assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
     assert re.search(r"methods\.enc: an encoder self-attention loss .* up to layer 2, but the teacher has 1 encoder layers", capsys.readouterr().err)
     assert not (tmp_path / "plan.json").exists()
+
+
+def test_the_task_predicts_with_its_beam(stages):
+    """evaluate.beam's path: the task searching with beam 2 predicts translate's beam-2 output, which differs from greedy's."""
+    task = get_task("translation").bind(stages / "prepared")
+    teacher = load_model(stages / "teacher", task)
+    val = data.load_split(stages / "prepared", "validation")
+    greedy, beam = task.predict(teacher, val, 40, 0), task.searching(2).predict(teacher, val, 40, 0)
+    assert [b.tolist() for b in beam] == [x.tolist() for x in translate(teacher, list(val.input_ids), beam=2, batch_size=40)]
+    assert any(g.tolist() != b.tolist() for g, b in zip(greedy, beam)) and task.beam == 1

@@ -119,7 +119,7 @@ MUTANTS = [
            ("squad_answer_from_the_first_window_only", 'offsets_of(ex["offsets"][i])) for i in idx]', 'offsets_of(ex["offsets"][i])) for i in idx[:1]]')),
     # translation: the encoder-decoder's store, targets and losses
     *group("src/attnkd/pair_store.py", ("tests/test_translation_stages.py",),
-           ("pair_store_cross_from_the_layer_below", "maps = out.cross_attentions[l - 1].float().cpu().numpy()", "maps = out.cross_attentions[max(l - 2, 0)].float().cpu().numpy()"),
+           ("pair_store_maps_from_the_layer_below", "x = getattr(out, attr)[l - 1]", "x = getattr(out, attr)[max(l - 2, 0)]"),
            ("pair_store_topk_reversed", 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids', 'files["ids"][tok_at[i] : tok_at[i + 1]] = ids[:, ::-1]'),
            ("pair_store_dec_maps_transposed", "x = getattr(out, attr)[l - 1].float().cpu().numpy()", "x = getattr(out, attr)[l - 1].transpose(-1, -2).float().cpu().numpy()")),
     *group("src/attnkd/objective.py", ("tests/test_translation_stages.py",),
@@ -130,7 +130,7 @@ MUTANTS = [
            ("checkpoint_key_ignores_the_code", 'identity | {"code": code_digest()}', "identity")),
     *group("src/attnkd/translation.py", ("tests/test_translation.py",),
            ("bleu_smoothing_halves_once", "zeros = np.cumsum(correct == 0, axis=-1)", "zeros = (correct == 0).astype(float)")),
-    *group("src/attnkd/tasks/translation.py", ("tests/test_translation_pipeline.py",),
+    *group("src/attnkd/tasks/translation.py", ("tests/test_translation_stages.py",),
            ("evaluate_beam_ignored", "beam=self.beam, batch_size=batch_size", "beam=1, batch_size=batch_size")),
     *group("src/attnkd/tasks/translation.py", ("tests/test_translation_stages.py",),
            ("word_kd_from_probabilities", '"topk_logp": raw["topk_logp"][real]}', '"topk_logp": raw["topk_logp"][real].exp()}')),
