@@ -53,7 +53,8 @@ def run_block(run: Path, code: str) -> str:
 
 
 def render(text: str, generated: dict[str, str]) -> str:
-    return BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}", text)
+    """The text with each marked block that `generated` names replaced; other blocks as they are."""
+    return BLOCK.sub(lambda m: f"{m.group(1)}{generated[m.group(2)]}\n{m.group(3)}" if m.group(2) in generated else m.group(0), text)
 
 
 def main() -> int:
@@ -70,8 +71,7 @@ def main() -> int:
         if f"<!-- results:{args.block} -->" not in text:
             print(f"{args.doc}: no <!-- results:{args.block} --> block", file=sys.stderr)
             return 2
-        args.doc.write_text(BLOCK.sub(lambda m: f"{m.group(1)}{run_block(args.run, args.code)}\n{m.group(3)}" if m.group(2) == args.block else m.group(0), text),
-                            encoding="utf-8")
+        args.doc.write_text(render(text, {args.block: run_block(args.run, args.code)}), encoding="utf-8")
         print(f"wrote: {args.doc} ({args.block})")
         return 0
     generated = blocks(args.root)
