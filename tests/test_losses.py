@@ -475,3 +475,76 @@ def test_dec_kl_matches_hand_value_over_the_causal_target_rows():
     s = torch.tensor([[[[1.0, 0.0, 0.0], [0.4, 0.6, 0.0], [0.6, 0.2, 0.2]]]])
     expected = (0.0 + 0.8 * math.log(0.8 / 0.4) + 0.2 * math.log(0.2 / 0.6)) / 2
     assert LOSSES["dec_kl"].fn({"dec": s}, {"dec": t}, torch.tensor([[1, 1, 0]]), LossConfig()).item() == pytest.approx(expected, abs=1e-6)
+
+
+
+from attnkd.losses import map_kl_loss, map_mse_loss
+
+# B = 1, 2 heads, m = 2 query rows (the second padding), n = 3 keys (the third padding); the same
+# maps serve every kind (cross-attention, encoder and decoder self-attention), each read from its view
+MAP_T = torch.tensor([[[[0.5, 0.5, 0.0], [0.1, 0.1, 0.8]], [[0.7, 0.3, 0.0], [0.2, 0.2, 0.6]]]])  # (1, 2, 2, 3)
+MAP_S = torch.tensor([[[[0.25, 0.75, 0.0], [0.3, 0.3, 0.4]], [[0.5, 0.5, 0.0], [0.9, 0.05, 0.05]]]])
+MAP_MASK = torch.tensor([[1, 0]])
+HAND = {  # per head: the mean of each head's KL / squared row distance; head-averaged: the same on the mean maps
+    "kl_heads": (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75) + 0.7 * math.log(0.7 / 0.5) + 0.3 * math.log(0.3 / 0.5)) / 2,
+    "mse_heads": ((0.25**2 + 0.25**2) + (0.2**2 + 0.2**2)) / 2,
+    "mse": (0.6 - 0.375) ** 2 + (0.4 - 0.625) ** 2,  # the heads' mean rows: teacher (0.6, 0.4), student (0.375, 0.625)
+}
+
+
+def _map_case(name: str) -> None:
+    kind, loss = name.split("_", 1)
+    got = LOSSES[name].fn({kind: MAP_S}, {kind: MAP_T}, MAP_MASK, LossConfig(student_heads=2, teacher_heads=2))
+    assert got.item() == pytest.approx(HAND[loss], abs=1e-6)
+    assert LOSSES[name].source_queries == (kind == "enc") and LOSSES[name].reads(LossConfig()) == (kind,)
+
+
+def test_cross_kl_heads_matches_hand_value():
+    _map_case("cross_kl_heads")
+
+
+def test_cross_mse_matches_hand_value():
+    _map_case("cross_mse")
+
+
+def test_cross_mse_heads_matches_hand_value():
+    _map_case("cross_mse_heads")
+
+
+def test_enc_kl_heads_matches_hand_value():
+    _map_case("enc_kl_heads")
+
+
+def test_enc_mse_matches_hand_value():
+    _map_case("enc_mse")
+
+
+def test_enc_mse_heads_matches_hand_value():
+    _map_case("enc_mse_heads")
+
+
+def test_dec_kl_heads_matches_hand_value():
+    _map_case("dec_kl_heads")
+
+
+def test_dec_mse_matches_hand_value():
+    _map_case("dec_mse")
+
+
+def test_dec_mse_heads_matches_hand_value():
+    _map_case("dec_mse_heads")
+
+
+def test_map_losses_leave_padded_rows_inert_spare_the_teacher_and_need_equal_heads_per_head():
+    s, t = MAP_S.clone().requires_grad_(), MAP_T.clone().requires_grad_()
+    other = MAP_S.clone()
+    other[0, :, 1] = torch.tensor([1.0, 0.0, 0.0])  # the padded row: inert
+    assert map_kl_loss(other, t, MAP_MASK).item() == pytest.approx(HAND["kl_heads"], abs=1e-6)
+    assert map_mse_loss(other, t, MAP_MASK).item() == pytest.approx(HAND["mse_heads"], abs=1e-6)
+    assert map_mse_loss(s, t, torch.tensor([[1, 1]])).item() > HAND["mse_heads"]  # the second row counts once real
+    (map_kl_loss(s, t, MAP_MASK) + map_mse_loss(s, t, MAP_MASK)).backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0 and t.grad is None
+    with pytest.raises(ValueError, match="equal head counts"):
+        map_kl_loss(s[:, :1], t, MAP_MASK)
+    cfg = LossConfig(student_heads=2, teacher_heads=4)
+    assert "need equal head counts" in LOSSES["dec_kl_heads"].check(cfg) and LOSSES["dec_kl"].check(cfg) is None and LOSSES["dec_mse"].check(cfg) is None

@@ -161,7 +161,7 @@ def test_the_store_holds_the_teachers_translations_topk_and_cross_attention_as_o
 def test_a_method_with_both_targets_or_a_loss_of_another_task_is_refused(stages, tmp_path, capsys):
     doc = yaml.safe_load((stages / "params.yaml").read_text())
     for methods, pattern in (({"mixed": {"ce": 1.0, "seq_kd": 1.0}}, r"methods\.mixed: .*a method takes one of the two targets"),
-                             ({"at": {"ce": 1.0, "attn_kl": 1.0}}, r"methods\.at: methods: attn_kl is not a loss of task translation \(its losses: ce, kd, seq_kd, cross_kl, enc_kl, dec_kl\)")):
+                             ({"at": {"ce": 1.0, "attn_kl": 1.0}}, r"methods\.at: methods: attn_kl is not a loss of task translation \(its losses: ce, kd, seq_kd, cross_kl, cross_kl_heads, cross_mse, cross_mse_heads, enc_kl, .*, dec_mse_heads\)")):
         (tmp_path / "params.yaml").write_text(yaml.safe_dump(doc | {"methods": methods}))
         capsys.readouterr()
         assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
@@ -333,13 +333,20 @@ def test_the_store_holds_encoder_and_decoder_self_attention_as_online(stages, al
     assert store.manifest.files["reference_enc_layer1.npy"].shape == [int(heads * sum(len(x) ** 2 for x in train.input_ids))]
 
 
-def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages, all_maps):
-    """enc_kl averages the encoder's rows over the source tokens, dec_kl the decoder's over the
-    target tokens: the objective's terms equal cross_kl_loss worked out from the store with those masks."""
-    from attnkd.distillation import assemble
-    from attnkd.losses import cross_kl_loss
+VARIANTS = {"ce": 1.0, "cross_kl_heads": 1.0, "cross_mse": 1.0, "enc_mse_heads": 1.0, "dec_mse": 1.0, "dec_kl_heads": 1.0}  # per head and MSE, from the same store
 
-    params = Params.model_validate(yaml.safe_load((all_maps / "params.yaml").read_text()))
+
+@pytest.mark.parametrize("weights", [ALL_MAPS, VARIANTS], ids=["kl", "variants"])
+def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages, all_maps, weights):
+    """enc_* average the encoder's rows over the source tokens, dec_* and cross_* the decoder's
+    over the target tokens: the objective's terms equal the pure losses worked out from the store
+    with those masks, head-averaged (cross_kl, *_mse) or head by head (*_heads)."""
+    from attnkd.distillation import assemble
+    from attnkd.losses import cross_kl_loss, map_kl_loss, map_mse_loss
+
+    doc = yaml.safe_load((all_maps / "params.yaml").read_text())
+    doc["methods"] = {"maps": weights}
+    params = Params.model_validate(doc)
     task = get_task("translation").bind(stages / "prepared")
     store = PairStore(all_maps / "signals")
     run = assemble(params, "small", "maps", 42, load_model(stages / "teacher", task), store, task=task)
@@ -351,12 +358,18 @@ def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages
     out = forward(run.student, batch, output_attentions=True)
     got = store.batch(idx, "reference", store.manifest.tensors, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
     src, tgt = batch["attention_mask"], batch["decoder_attention_mask"]
-    expected = {"enc_kl": cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], src), "dec_kl": cross_kl_loss(out.decoder_attentions[0], got[("dec", 1)], tgt),
-                "cross_kl": cross_kl_loss(out.cross_attentions[0], got[("cross", 1)], tgt)}
-    for name, value in expected.items():
-        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5) and value.item() > 0
+    maps = {"enc": (out.encoder_attentions[0], got[("enc", 1)], src), "dec": (out.decoder_attentions[0], got[("dec", 1)], tgt),
+            "cross": (out.cross_attentions[0], got[("cross", 1)], tgt)}
+    averaged = {kind: (a.mean(1, keepdim=True), b.float().mean(1, keepdim=True), m) for kind, (a, b, m) in maps.items()}
+    by_loss = {"kl": lambda a: cross_kl_loss(*maps[a]), "kl_heads": lambda a: map_kl_loss(*maps[a]),
+               "mse": lambda a: map_mse_loss(*averaged[a]), "mse_heads": lambda a: map_mse_loss(*maps[a])}
+    for name in weights.keys() - {"ce"}:
+        kind, loss = name.split("_", 1)
+        value = by_loss[loss](kind)
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5) and value.item() > 0, name
     assert cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], src).item() != pytest.approx(
         cross_kl_loss(out.encoder_attentions[0], got[("enc", 1)], torch.ones_like(src)).item(), rel=1e-3)  # the mask matters
+    assert map_kl_loss(*maps["cross"]).item() != pytest.approx(cross_kl_loss(*maps["cross"]).item(), rel=1e-3)  # per head is not averaged
 
 
 def test_an_encoder_loss_on_a_layer_the_encoder_lacks_is_refused(stages, tmp_path, capsys):

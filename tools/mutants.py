@@ -136,7 +136,10 @@ MUTANTS = [
            ("word_kd_from_probabilities", '"topk_logp": raw["topk_logp"][real]}', '"topk_logp": raw["topk_logp"][real].exp()}')),
     *group("src/attnkd/losses.py", ("tests/test_losses.py",),
            ("cross_kl_keeps_padded_targets", "queries = mask.float()  # (B, m)", "queries = torch.ones_like(mask).float()  # (B, m)"),
-           ("label_smoothing_ignored", "return F.cross_entropy(logits_s[gold], labels[gold], label_smoothing=smoothing)", "return F.cross_entropy(logits_s[gold], labels[gold])")),
+           ("label_smoothing_ignored", "return F.cross_entropy(logits_s[gold], labels[gold], label_smoothing=smoothing)", "return F.cross_entropy(logits_s[gold], labels[gold])"),
+           ("map_kl_heads_averaged", "return map_kl_loss(a_s, a_t, mask) if per_head else", "return cross_kl_loss(a_s, a_t, mask) if per_head else"),
+           ("map_mse_mean_over_keys", "sq_rows = ((attn_s.float() - attn_t.detach().float()) ** 2).sum(-1)", "sq_rows = ((attn_s.float() - attn_t.detach().float()) ** 2).mean(-1)"),
+           ("map_mse_heads_unaveraged", "a_s, a_t = a_s.float().mean(1, keepdim=True), a_t.float().mean(1, keepdim=True)", "a_s, a_t = a_s.float(), a_t.float()")),
     # the store's size budget: what it leaves out, the teacher computes in distill
     *group("src/attnkd/signals.py", ("tests/test_objective.py",),
            ("store_budget_ignored", "if total + size <= max_bytes:", "if True:")),

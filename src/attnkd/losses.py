@@ -118,6 +118,43 @@ def cross_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor
     return ((kl_rows * queries).sum(-1) / queries.sum(-1)).mean()
 
 
+def map_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Per-head attention-map transfer between encoder-decoders: `cross_kl_loss` head by head.
+
+    L = mean_b [ 1 / (H * |q_b|) sum_h sum_{j real} KL( a_t[b, h, j, :] || a_s[b, h, j, :] ) ]
+
+    attn_s, attn_t (B, H, m, n) with equal head counts (head h of the student learns head h of
+    the teacher); mask (B, m): 1 on the real query rows. Keys as in `cross_kl_loss`: padded
+    keys hold 0 in the teacher's rows and add nothing.
+    """
+    if attn_s.shape[1] != attn_t.shape[1]:
+        raise ValueError(f"per-head maps need equal head counts: student {attn_s.shape[1]}, teacher {attn_t.shape[1]}")
+    p_t = attn_t.detach().float()  # (B, H, m, n)
+    kl_rows = (p_t * (torch.log(p_t.clamp_min(eps)) - torch.log(attn_s.float().clamp_min(eps)))).sum(-1)  # (B, H, m)
+    queries = mask[:, None, :].float()  # (B, 1, m)
+    return ((kl_rows * queries).sum((1, 2)) / (queries.sum((1, 2)) * attn_s.shape[1])).mean()
+
+
+def map_mse_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Attention-map transfer by squared error (TinyBERT's loss on probabilities, for the
+    rectangular maps of encoder-decoders): the squared distance between each query row of the
+    student and of the teacher, summed over the keys, averaged over the heads and real rows.
+
+    L = mean_b [ 1 / (H * |q_b|) sum_h sum_{j real} sum_k ( a_s[b, h, j, k] - a_t[b, h, j, k] )^2 ]
+
+    attn_s, attn_t (B, H, m, n), equal head counts (pass head-averaged (B, 1, m, n) maps
+    otherwise); mask (B, m): 1 on real query rows. Padded keys hold 0 on both sides (the models
+    mask them, the store pads with 0), so the sum over all n keys is the sum over the real ones
+    and the value does not depend on the padding. TinyBERT divides by the n keys too; summing
+    keeps a row's error on the scale of its probabilities whatever the source length.
+    """
+    if attn_s.shape[1] != attn_t.shape[1]:
+        raise ValueError(f"per-head maps need equal head counts: student {attn_s.shape[1]}, teacher {attn_t.shape[1]}")
+    sq_rows = ((attn_s.float() - attn_t.detach().float()) ** 2).sum(-1)  # (B, H, m)
+    queries = mask[:, None, :].float()  # (B, 1, m)
+    return ((sq_rows * queries).sum((1, 2)) / (queries.sum((1, 2)) * attn_s.shape[1])).mean()
+
+
 def attn_kl_loss(attn_s: torch.Tensor, attn_t: torch.Tensor, mask: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """MiniLM self-attention distribution transfer (Wang et al. 2020, eq. 4).
 
@@ -306,6 +343,28 @@ def _relation_heads_divide_widths(cfg: LossConfig) -> str | None:
     return None
 
 
+SEQ2SEQ_MAPS = ("cross", "enc", "dec")  # an encoder-decoder's attention kinds
+
+
+def _map_loss(kind: str, divergence: str, per_head: bool) -> Callable[[View, View, torch.Tensor, LossConfig], torch.Tensor]:
+    """An encoder-decoder map loss on one kind: KL or squared error, head by head or on head-averaged maps."""
+    def fn(s: View, t: View, mask: torch.Tensor, cfg: LossConfig) -> torch.Tensor:
+        a_s, a_t = s[kind], t[kind]  # (B, H, m, n)
+        if divergence == "kl":
+            return map_kl_loss(a_s, a_t, mask) if per_head else cross_kl_loss(a_s, a_t, mask)
+        if not per_head:
+            a_s, a_t = a_s.float().mean(1, keepdim=True), a_t.float().mean(1, keepdim=True)  # (B, 1, m, n)
+        return map_mse_loss(a_s, a_t, mask)
+    return fn
+
+
+def _map_heads_need_equal_heads(cfg: LossConfig) -> str | None:
+    if cfg.student_heads != cfg.teacher_heads:
+        return (f"the per-head map losses (*_heads) need equal head counts (teacher {cfg.teacher_heads}, student {cfg.student_heads}); "
+                "use the head-averaged cross_kl, enc_kl, dec_kl or *_mse")
+    return None
+
+
 def _kd(s: dict, t: dict, cfg: LossConfig) -> torch.Tensor:
     """Hinton KD on (R, C) rows; from a teacher view of top-k (a stored translation teacher's,
     (R, k)): word-level KD over those k tokens, every row a real target position."""
@@ -321,10 +380,11 @@ LOSSES: dict[str, Loss] = {
     # sequence-level KD (Kim & Rush 2016): the cross-entropy of ce, on the teacher's translations instead of the references
     "seq_kd": Loss(lambda s, t, mask, cfg: ce_loss(s["logits"], t["labels"], cfg.label_smoothing), _kinds("logits", "labels"), per_layer=False, gold=True,
                    teacher_targets=True, seq2seq=True),
-    "cross_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["cross"], t["cross"], mask), _kinds("cross"), per_layer=True, seq2seq=True),
-    # an encoder-decoder's self-attention, head-averaged: encoder layers over the source, decoder layers over the target so far
-    "enc_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["enc"], t["enc"], mask), _kinds("enc"), per_layer=True, seq2seq=True, source_queries=True),
-    "dec_kl": Loss(lambda s, t, mask, cfg: cross_kl_loss(s["dec"], t["dec"], mask), _kinds("dec"), per_layer=True, seq2seq=True),
+    # an encoder-decoder's attention maps: cross-attention, the encoder's self-attention (queries: the source tokens) and the
+    # decoder's (the target so far); <kind>_kl and <kind>_mse compare head-averaged maps, <kind>_kl_heads and <kind>_mse_heads head by head
+    **{f"{kind}_{div}{heads}": Loss(_map_loss(kind, div, per_head=bool(heads)), _kinds(kind), per_layer=True, seq2seq=True, source_queries=kind == "enc",
+                                    check=_map_heads_need_equal_heads if heads else lambda cfg: None)
+       for kind in SEQ2SEQ_MAPS for div in ("kl", "mse") for heads in ("", "_heads")},
     "kd_mse": Loss(lambda s, t, mask, cfg: kd_mse_loss(s["logits"], t["logits"]), _kinds("logits"), per_layer=False),
     "cls_kl": Loss(lambda s, t, mask, cfg: cls_kl_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),
     "cls_mse": Loss(lambda s, t, mask, cfg: cls_mse_loss(s["cls"], t["cls"], mask), _kinds("cls"), per_layer=True),

@@ -12,14 +12,13 @@ from __future__ import annotations
 import torch
 
 from attnkd.errors import UserError
-from attnkd.losses import LOSSES, LossConfig, resolve_layer_map
+from attnkd.losses import LOSSES, SEQ2SEQ_MAPS, LossConfig, resolve_layer_map
 from attnkd.models import FAMILY_KINDS, attention_layers, capture, layer_tensor, student_width
 from attnkd.params import DistillParams, Params, StudentParams
 from attnkd.tasks import Task, get_task, raw_outputs
 
 Pairs = list[tuple[int, int]]
 CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models.capture)
-SEQ2SEQ_KINDS = ("cross", "enc", "dec")  # the per-layer kinds an encoder-decoder student exposes: cross-attention, encoder and decoder self-attention
 
 
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
@@ -127,7 +126,7 @@ def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentPa
     if seq2seq and any(LOSSES[n].teacher_targets for n in weights) and any(LOSSES[n].gold and not LOSSES[n].teacher_targets for n in weights):
         raise UserError(f"methods: {', '.join(weights)}: one loss trains on the teacher's translations and another on the references; "
                         "a method takes one of the two targets")
-    exposed = SEQ2SEQ_KINDS if seq2seq else FAMILY_KINDS[sp.family]
+    exposed = SEQ2SEQ_MAPS if seq2seq else FAMILY_KINDS[sp.family]
     for name in weights:
         lacking = [k for k in LOSSES[name].reads(cfg) if LOSSES[name].per_layer and k not in exposed]
         if lacking:
@@ -170,7 +169,7 @@ class Objective(torch.nn.Module):
         mask = self.task.loss_mask(batch)  # (B, T): the real tokens (of the target, for an encoder-decoder)
         captured = sorted(self.kinds & set(CAPTURED))
         with capture(student, [s for _, s in self.pairs] if captured else [], scores="scores" in captured) as cap:
-            out = self.task.forward(student, batch, output_attentions=bool({"attn", "cls", *SEQ2SEQ_KINDS} & self.kinds), output_hidden_states="hidden" in self.kinds)
+            out = self.task.forward(student, batch, output_attentions=bool({"attn", "cls", *SEQ2SEQ_MAPS} & self.kinds), output_hidden_states="hidden" in self.kinds)
         view_s = self.task.view(raw_outputs(self.task, out), batch)  # {"logits": (R, C)}
         view_t = self.task.view(outputs_t, batch) if outputs_t else {}  # none for a method of gold losses only
         targets = self.task.targets(batch)  # {"labels": (R,)}
