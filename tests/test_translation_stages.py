@@ -288,6 +288,46 @@ def test_an_empty_pair_is_dropped_and_counted_by_default(tmp_path):
     assert report["splits"]["train"]["dropped_empty"] == 1 and report["splits"]["train"]["pairs"] == 239
 
 
+def write_hub_copy(raw: Path, dst: Path, layout: str) -> Path:
+    """The excerpt's three splits as a local data set `datasets.load_dataset` reads as it reads the
+    hub's (one Parquet file per split): a `translation` column of {lang: sentence}, or a column per
+    language beside another column."""
+    import datasets
+
+    dst.mkdir(parents=True)
+    for stem, split in (("train", "train"), ("val", "validation"), ("test_2016_flickr", "test")):
+        en, de = (read_lines(next(raw.glob(f"{stem}.{lang}*"))) for lang in ("en", "de"))
+        rows = {"translation": [{"en": e, "de": d} for e, d in zip(en, de)]} if layout == "translation" else {"de": de, "id": list(range(len(en))), "en": en}
+        datasets.Dataset.from_dict(rows).to_parquet(str(dst / f"{split}.parquet"))
+    return dst
+
+
+@pytest.mark.parametrize("layout", ["translation", "columns"])
+def test_a_hub_parallel_corpus_prepares_as_its_files_do(tmp_path, capsys, monkeypatch, layout):
+    raw = write_excerpt(tmp_path / "raw")
+    local = write_hub_copy(raw, tmp_path / "local_hub", layout)
+    hub = {"source": "hub", "hub_name": str(local), "hub_config": "", "splits": {"train": "train", "validation": "validation", "test": "test"}}
+    (tmp_path / "files.yaml").write_text(yaml.safe_dump(translation_params(raw)))
+    (tmp_path / "hub.yaml").write_text(yaml.safe_dump(translation_params(raw, **hub)))
+    for name in ("files", "hub"):
+        assert run_script("prepare", "--params", tmp_path / f"{name}.yaml", "--out", tmp_path / name, "--report", tmp_path / f"{name}.json") == 0
+    for split in ("train", "validation", "test"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "files" / f"{split}.parquet"), pd.read_parquet(tmp_path / "hub" / f"{split}.parquet"))
+    assert load_tokenizer(tmp_path / "files" / "tokenizer").get_vocab() == load_tokenizer(tmp_path / "hub" / "tokenizer").get_vocab()
+    # another language pair than the data set's: one line naming the split and the languages it has
+    (tmp_path / "fr.yaml").write_text(yaml.safe_dump(translation_params(raw, **hub, target_lang="fr")))
+    capsys.readouterr()
+    assert run_script("prepare", "--params", tmp_path / "fr.yaml", "--out", tmp_path / "fr", "--report", tmp_path / "fr.json") == 2
+    err = capsys.readouterr().err.strip()
+    err = err.splitlines()[-1]  # after datasets' progress lines
+    assert re.fullmatch(r"error: hub .* split 'train': (its translation column has languages \['de', 'en'\]|no translation column nor columns 'en' and 'fr').*", err), err
+    assert not (tmp_path / "fr").exists()
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: an offline machine
+    (tmp_path / "offline.yaml").write_text(yaml.safe_dump(translation_params(raw, **hub | {"hub_name": "bentrevett/multi30k"})))
+    assert run_script("prepare", "--params", tmp_path / "offline.yaml", "--out", tmp_path / "offline", "--report", tmp_path / "offline.json") == 2
+    assert capsys.readouterr().err.strip().startswith("error: data.hub_name 'bentrevett/multi30k': the Hugging Face hub cannot be reached")
+
+
 ALL_MAPS = {"ce": 1.0, "cross_kl": 1.0, "enc_kl": 1.0, "dec_kl": 1.0}  # every attention kind, on the references
 
 

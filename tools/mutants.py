@@ -128,6 +128,8 @@ MUTANTS = [
            ("seq_kd_trains_on_the_references", "if self.targets is not None:  # the teacher's translations replace the references", "if False:")),
     *group("src/attnkd/checkpoint.py", ("tests/test_resume.py::test_a_checkpoint_from_other_code_is_not_resumed",),
            ("checkpoint_key_ignores_the_code", 'identity | {"code": code_digest()}', "identity")),
+    *group("src/attnkd/translation.py", ("tests/test_translation_stages.py::test_a_hub_parallel_corpus_prepares_as_its_files_do",),
+           ("hub_pairs_reversed", "out[split] = as_parallel(sides[src], sides[tgt], at, empty", "out[split] = as_parallel(sides[tgt], sides[src], at, empty")),
     *group("src/attnkd/translation.py", ("tests/test_translation.py",),
            ("bleu_smoothing_halves_once", "zeros = np.cumsum(correct == 0, axis=-1)", "zeros = (correct == 0).astype(float)")),
     *group("src/attnkd/tasks/translation.py", ("tests/test_translation_stages.py",),

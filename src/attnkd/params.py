@@ -80,7 +80,8 @@ class DataParams(Section):
     # split as unlabelled rows the teacher labels; "" = none
     unlabelled: str = ""
     # task translation: line-aligned files `{split}.{lang}[.gz]` in data.dir (data.splits give the
-    # split stems, e.g. train, val, test_2016_flickr); one joint byte-level BPE vocabulary of
+    # split stems, e.g. train, val, test_2016_flickr), or a hub data set (a `translation` column of
+    # {lang: sentence}, or one column per language; data.splits: its split names); one joint byte-level BPE vocabulary of
     # vocab_size entries trained on the training split; a pair with an empty side is dropped and
     # counted (empty_pairs: drop) or stops prepare naming its file and line (fail)
     source_lang: str = ""
@@ -346,8 +347,9 @@ class Params(Section):
         if self.task != "translation":
             return self
         dp = self.data
-        if dp.source != "files" or not dp.source_lang or not dp.target_lang:
-            raise ValueError("task translation reads parallel text files: data.source: files, data.dir, data.source_lang and data.target_lang (e.g. en, de)")
+        if dp.source not in ("files", "hub") or not dp.source_lang or not dp.target_lang:
+            raise ValueError("task translation reads parallel text: data.source: files (data.dir) or hub (data.hub_name), "
+                             "data.source_lang and data.target_lang (e.g. en, de)")
         if dp.source_lang == dp.target_lang:
             raise ValueError("data.source_lang and data.target_lang must differ")
         return self

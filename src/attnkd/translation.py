@@ -58,22 +58,56 @@ def read_lines(path: Path) -> list[str]:
     return out
 
 
+def as_parallel(source: list, target: list, where: dict[str, str], empty: str = "drop", unit: str = "line") -> Parallel:
+    """Aligned sentences as pairs: whitespace collapsed, a pair with an empty (or missing) side
+    dropped and counted, or, with empty "fail", stopped at the first naming where it is (`where`:
+    language -> the file or hub column) and its line (row)."""
+    pairs = [(" ".join((s or "").split()), " ".join((t or "").split())) for s, t in zip(source, target)]
+    if empty == "fail":
+        for number, pair in enumerate(pairs, start=1):
+            for lang, text in zip(where, pair):
+                if not text:
+                    raise UserError(f"{where[lang]}: {unit} {number}: empty sentence (data.empty_pairs: fail; drop skips such pairs and counts them)")
+    kept = [(s, t) for s, t in pairs if s and t]
+    return Parallel([s for s, _ in kept], [t for _, t in kept], len(pairs) - len(kept), dict(where))
+
+
 def read_parallel(root: Path, split: str, src: str, tgt: str, empty: str = "drop") -> Parallel:
-    """The aligned sentence pairs of one split: whitespace collapsed, pairs with an empty side
-    dropped (and counted), or, with empty "fail", stopped at the first naming its file and line.
-    Files of different lengths stop with both files and counts named."""
+    """The aligned sentence pairs of one split's files (`as_parallel`). Files of different lengths
+    stop with both files and counts named."""
     paths = {lang: find_file(root, split, lang) for lang in (src, tgt)}
     sides = {lang: read_lines(p) for lang, p in paths.items()}
     if len(sides[src]) != len(sides[tgt]):
         raise UserError(f"{paths[src]}: {len(sides[src])} lines, but {paths[tgt]} has {len(sides[tgt])}; parallel files must align line by line")
-    pairs = [(" ".join(s.split()), " ".join(t.split())) for s, t in zip(sides[src], sides[tgt])]
-    if empty == "fail":
-        for number, pair in enumerate(pairs, start=1):
-            for lang, text in zip((src, tgt), pair):
-                if not text:
-                    raise UserError(f"{paths[lang]}: line {number}: empty sentence (data.empty_pairs: fail; drop skips such pairs and counts them)")
-    kept = [(s, t) for s, t in pairs if s and t]
-    return Parallel([s for s, _ in kept], [t for _, t in kept], len(pairs) - len(kept), {lang: p.name for lang, p in paths.items()})
+    parallel = as_parallel(sides[src], sides[tgt], {lang: str(p) for lang, p in paths.items()}, empty)
+    return Parallel(parallel.source, parallel.target, parallel.dropped_empty, {lang: p.name for lang, p in paths.items()})
+
+
+def read_hub_parallel(name: str, config: str, splits: dict[str, str], src: str, tgt: str, empty: str = "drop") -> dict[str, Parallel]:
+    """The splits of a Hugging Face `datasets` parallel corpus (`sources.load_hub`: offline, one
+    line saying so), in either layout the hub uses: a `translation` column of {language: sentence}
+    (WMT, OPUS) or one column per language (e.g. multi30k's `en` and `de`)."""
+    from attnkd import sources
+
+    loaded = sources.load_hub(name, config)
+    out = {}
+    for split, hub_split_name in splits.items():
+        ds, where = sources.hub_split(loaded, name, config, split, hub_split_name)
+        columns = list(ds.column_names)
+        if "translation" in columns:
+            rows = ds["translation"]
+            langs = sorted(rows[0]) if len(rows) else []
+            if len(rows) and not {src, tgt} <= set(langs):
+                raise UserError(f"{where}: its translation column has languages {langs}, not {src!r} and {tgt!r} (data.source_lang, data.target_lang)")
+            sides = {lang: [r.get(lang) for r in rows] for lang in (src, tgt)}
+            at = {lang: f"{where} translation.{lang}" for lang in (src, tgt)}
+        elif src in columns and tgt in columns:
+            sides = {lang: ds[lang] for lang in (src, tgt)}
+            at = {lang: f"{where} column {lang!r}" for lang in (src, tgt)}
+        else:
+            raise UserError(f"{where}: no translation column nor columns {src!r} and {tgt!r} (data.source_lang, data.target_lang); it has {columns}")
+        out[split] = as_parallel(sides[src], sides[tgt], at, empty, unit="row")
+    return out
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

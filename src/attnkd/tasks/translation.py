@@ -30,7 +30,7 @@ from attnkd.io import sha256_file
 from attnkd.params import Params
 from attnkd.seq2seq import Architecture, build_model, collate_pairs, cut, forward, label_smoothed_ce, translate
 from attnkd.tasks import View
-from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, bleu_from_stats, bleu_stats, read_parallel, score, train_tokenizer
+from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, bleu_from_stats, bleu_stats, read_hub_parallel, read_parallel, score, train_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in the prepared data: the joint vocabulary
 
@@ -95,17 +95,22 @@ class Translation:
         return MarianMTModel
 
     def prepare(self, params: Params, root: Path, out: Path) -> tuple[PreparedMeta, dict]:
-        """Parallel files to features: read the splits data.splits names ({stem}.{lang}[.gz] in
-        data.dir; a missing validation or test split is carved from train with the seed), drop
+        """Parallel text to features: read the splits data.splits names ({stem}.{lang}[.gz] in
+        data.dir, or the splits of the hub data set data.hub_name; a missing validation or test
+        split is carved from train with the seed), drop
         training pairs whose source is in an evaluation split, train the joint vocabulary on the
         training split, encode both sides; write the splits, the vocabulary and meta.json."""
         dp = params.data
         folder = sources.resolve_dir(dp.dir, root)
         stems = {k: v for k, v in dp.splits.model_dump().items() if v}
-        read = {split: read_parallel(folder, stem, dp.source_lang, dp.target_lang, dp.empty_pairs) for split, stem in stems.items()}
+        if dp.source == "hub":
+            read = read_hub_parallel(dp.hub_name, dp.hub_config, stems, dp.source_lang, dp.target_lang, dp.empty_pairs)
+        else:
+            read = {split: read_parallel(folder, stem, dp.source_lang, dp.target_lang, dp.empty_pairs) for split, stem in stems.items()}
         for split, part in read.items():
             if not len(part):
-                raise UserError(f"{folder / stems[split]}.{dp.source_lang}: no sentence pairs")
+                where = f"hub {dp.hub_name} split {stems[split]!r}" if dp.source == "hub" else f"{folder / stems[split]}.{dp.source_lang}"
+                raise UserError(f"{where}: no sentence pairs")
         splits = dict(read)
         if "test" not in splits:
             splits["train"], splits["test"] = carve(splits["train"], dp.test_fraction, params.seed)
