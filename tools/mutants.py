@@ -101,6 +101,8 @@ MUTANTS = [
            ("bootstrap_90_percent_interval", "np.quantile(deltas, [0.025, 0.975])", "np.quantile(deltas, [0.05, 0.95])"),
            ("corpus_bootstrap_pools_the_seeds", "np.mean(statistic(a.sum(1)) - statistic(b.sum(1)))", "statistic(a.sum((0, 1))) - statistic(b.sum((0, 1)))"),
            ("bootstrap_one_sided_p", "np.abs(deltas - observed) >= abs(observed) - 1e-12", "np.sign(observed) * (deltas - observed) >= abs(observed) - 1e-12")),
+    *group("src/attnkd/stats.py", ("tests/test_translation.py::test_one_seeds_paired_bootstrap_agrees_with_sacrebleus_paired_test",),
+           ("corpus_bootstrap_p_from_the_unshifted_differences", "np.abs(deltas - observed) >= abs(observed) - 1e-12", "np.abs(deltas) >= abs(observed) - 1e-12")),
     *group("src/attnkd/metrics.py", STATS_TESTS,
            ("ece_signed_gap", "abs(correct[in_bin].mean() - conf[in_bin].mean())", "(conf[in_bin].mean() - correct[in_bin].mean())"),
            ("ece_unweighted_bins", "ece += in_bin.mean() * abs(", "ece += 1 / len(np.unique(which)) * abs(")),
