@@ -55,7 +55,7 @@ MUTANTS = [
     # losses: heads, scaling, reductions
     *group("src/attnkd/losses.py", LOSS_TESTS,
            ("kd_without_t2", 'reduction="batchmean") * temperature**2', 'reduction="batchmean")'),
-           ("attn_kl_sums_heads", "/ (queries.sum((1, 2)) * attn_s.shape[1])", "/ queries.sum((1, 2))"),
+           ("attn_kl_sums_heads", "per_example = (kl_rows * queries).sum((1, 2)) / (queries.sum((1, 2)) * attn_s.shape[1])", "per_example = (kl_rows * queries).sum((1, 2)) / queries.sum((1, 2))"),
            ("attn_mse_sums_heads", "/ (pair.sum((1, 2, 3)) * attn_s.shape[1])", "/ pair.sum((1, 2, 3))"),
            ("relation_scaled_by_sqrt_width", "xh @ xh.transpose(-1, -2) / xh.shape[-1] ** 0.5", "xh @ xh.transpose(-1, -2) / x.shape[-1] ** 0.5"),
            ("qkv_relation_sums_the_three", 'for k in ("q", "k", "v")]).mean()', 'for k in ("q", "k", "v")]).sum()'),
