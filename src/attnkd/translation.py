@@ -13,7 +13,7 @@ that say how they were computed, and per-sentence chrF and BLEU for the paired b
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,7 @@ def read_parallel(root: Path, split: str, src: str, tgt: str, empty: str = "drop
     if len(sides[src]) != len(sides[tgt]):
         raise UserError(f"{paths[src]}: {len(sides[src])} lines, but {paths[tgt]} has {len(sides[tgt])}; parallel files must align line by line")
     parallel = as_parallel(sides[src], sides[tgt], {lang: str(p) for lang, p in paths.items()}, empty)
-    return Parallel(parallel.source, parallel.target, parallel.dropped_empty, {lang: p.name for lang, p in paths.items()})
+    return replace(parallel, files={lang: p.name for lang, p in paths.items()})  # errors name the path, the record the file
 
 
 def read_hub_parallel(name: str, config: str, splits: dict[str, str], src: str, tgt: str, empty: str = "drop") -> dict[str, Parallel]:
