@@ -2,7 +2,7 @@
 
     python tools/results.py           # regenerate the marked blocks
     python tools/results.py --check   # exit 1 when a block differs from what reports/ gives
-    python tools/results.py --run ../mt --code 2064c9f --doc docs/translation.md --block multi30k_quick
+    python tools/results.py --run ../mt --code 2064c9f --doc docs/translation.md --block multi30k
                                       # a profile's run in another clone: its tables into one block of a doc
 
 The tables are cut from reports/report.md (which the report stage renders from the metrics) and
