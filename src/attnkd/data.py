@@ -16,7 +16,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import torch
-from sklearn.model_selection import train_test_split
 
 from attnkd.errors import UserError
 from attnkd.artifacts import PreparedMeta, TransferMeta, verify_files
@@ -90,6 +89,8 @@ def drop_seen_in_eval(train: pd.DataFrame, evals: list[pd.DataFrame]) -> tuple[p
 
 def split_off(df: pd.DataFrame, fraction: float, seed: int, where: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A stratified part of `df` of the given fraction, fixed by the seed."""
+    from sklearn.model_selection import train_test_split  # here: prepare is its only user, and it costs every stage a second to import
+
     try:
         return train_test_split(df, test_size=fraction, stratify=df["label"], random_state=seed)
     except ValueError as err:

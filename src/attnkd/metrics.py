@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support, roc_auc_score
 
 from attnkd.data import Split, collate, length_batches
 from attnkd.artifacts import ModelRecord
@@ -17,6 +16,8 @@ from attnkd.models import count_parameters, forward, layer_tensor, weights_file
 
 def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Accuracy, macro P/R/F1 and ROC-AUC (binary, or macro one-vs-rest for more classes)."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score  # imported here, as below: every stage loads this module, and sklearn takes a second
+
     pred = probs.argmax(1)
     p, r, f1, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
     n_classes = probs.shape[1]
@@ -46,11 +47,15 @@ def calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int) -> float
 
 def per_class(labels: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
     """Precision, recall, F1 and support of every class."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     p, r, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(len(names))), zero_division=0)
     return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])} for i, n in enumerate(names)}
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
+    from sklearn.metrics import confusion_matrix
+
     return confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist()
 
 
