@@ -16,15 +16,23 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoConfig, AutoTokenizer, BertConfig, BertForSequenceClassification, BertPreTrainedModel
+from transformers import AutoConfig, AutoTokenizer
 
 from attnkd.errors import UserError
 from attnkd.artifacts import ModelRecord, verify_files
 from attnkd.losses import split_heads
 from attnkd.params import PACKAGED_MODEL, StudentParams
-from attnkd.recurrent import MODEL_TYPE as BILSTM, BiLSTMConfig, BiLSTMForSequenceClassification
+
+if TYPE_CHECKING:
+    from transformers import BertConfig, BertPreTrainedModel
+
+    from attnkd.recurrent import BiLSTMForSequenceClassification
+
+# Model classes (transformers' BERT, this project's BiLSTM) are imported where a model is built or
+# loaded: importing them costs a stage process about 3 s, and prepare, plan and report need none.
 
 EAGER = "eager"
 # the per-layer tensor kinds each student family exposes to the losses (models.layer_tensor);
@@ -86,6 +94,8 @@ def load_model(model_dir: Path, task=None, head: dict | None = None):
         from attnkd.tasks import get_task
 
         task = get_task("classification")
+    from attnkd.recurrent import MODEL_TYPE as BILSTM, BiLSTMForSequenceClassification  # (registers its config with AutoConfig)
+
     kwargs = {"attn_implementation": EAGER} | ({**head, "ignore_mismatched_sizes": True} if head else {})
     verify_model_dir(model_dir)
     try:
@@ -104,6 +114,8 @@ def load_model(model_dir: Path, task=None, head: dict | None = None):
 
 def student_config(teacher_config: BertConfig, sp: StudentParams) -> BertConfig:
     """The teacher's config (vocab, positions, labels) with the student's size."""
+    from transformers import BertConfig
+
     cfg = teacher_config.to_dict()
     cfg.update(
         num_hidden_layers=sp.num_layers,
@@ -137,6 +149,10 @@ def build_student(teacher: BertPreTrainedModel, sp: StudentParams, layer_pairs: 
 def build_bilstm(teacher: BertPreTrainedModel, sp: StudentParams) -> BiLSTMForSequenceClassification:
     """A BiLSTM student of the teacher's vocabulary and labels; with init embeddings, its word
     embeddings are the teacher's (projected onto their top principal directions when narrower)."""
+    from transformers import BertForSequenceClassification
+
+    from attnkd.recurrent import BiLSTMConfig, BiLSTMForSequenceClassification
+
     tc = teacher.config
     if not isinstance(teacher, BertForSequenceClassification):
         raise UserError(f"students: family lstm classifies, and this teacher is a {type(teacher).__name__}: use a transformer student")

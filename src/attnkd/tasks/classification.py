@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import BertForSequenceClassification
 
 from attnkd import data, sources
 from attnkd.compute import CPU, Compute
@@ -82,6 +81,8 @@ class Classification(EncoderTask):
     headline = {"acc": "accuracy"}  # the DVC metrics per row
 
     def model_class(self) -> type:
+        from transformers import BertForSequenceClassification  # here, not at the top: a stage that builds no model skips its import
+
         return BertForSequenceClassification
 
     def prepare(self, params: Params, root: Path, out: Path) -> tuple[PreparedMeta, dict]:

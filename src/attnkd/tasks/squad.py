@@ -18,7 +18,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from transformers import BertForQuestionAnswering
 
 from attnkd import data, sources
 from attnkd.artifacts import PreparedMeta, SplitInfo
@@ -114,6 +113,8 @@ class Squad(EncoderTask):
     headline = {"em": "exact_match", "f1": "f1"}  # the DVC metrics per row
 
     def model_class(self) -> type:
+        from transformers import BertForQuestionAnswering  # here, not at the top: a stage that builds no model skips its import
+
         return BertForQuestionAnswering
 
     def prepare(self, params: Params, root: Path, out: Path) -> tuple[PreparedMeta, dict]:
