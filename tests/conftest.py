@@ -20,7 +20,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker,
     os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
 
-SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_translation_pipeline.py", "test_resume.py", "test_scaling.py"]  # the longest modules start first
+# The order groups are handed to the workers. xdist gives each worker two groups at the start (the
+# 1st and 3rd to one, the 2nd and 4th to the other), then one more whenever a worker runs out:
+# the longest group (tiny_repo, ~450 s on 2 cores) first, a short one third, so that it does not
+# also get the next longest; the other long modules go to the other worker.
+SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_stages.py", "test_translation_pipeline.py", "test_resume.py", "test_scaling.py"]
 SHARED = {"test_e2e.py": "tiny_repo", "test_remotes.py": "tiny_repo"}  # modules that share the one `dvc repro` of tiny_repo
 
 
@@ -28,7 +32,7 @@ SHARED = {"test_e2e.py": "tiny_repo", "test_remotes.py": "tiny_repo"}  # modules
 def pytest_collection_modifyitems(items):
     """For `pytest -n N --dist loadgroup` (pyproject.toml): each module is one group, run by one
     worker, so its module fixtures are built once (the two that share tiny_repo are one group);
-    the slow ones are ordered first, since the suite ends when the longest group does."""
+    the slow ones are ordered first (SLOW_FIRST), since the suite ends when the busiest worker does."""
     for item in items:
         item.add_marker(pytest.mark.xdist_group(SHARED.get(item.path.name, item.path.name)))
     items.sort(key=lambda item: SLOW_FIRST.index(item.path.name) if item.path.name in SLOW_FIRST else len(SLOW_FIRST))
