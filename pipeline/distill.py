@@ -15,7 +15,7 @@ from pathlib import Path
 from attnkd import data
 from attnkd.checkpoint import Checkpoints
 from attnkd.compute import finish, start
-from attnkd.distillation import StoreInputs, assemble, open_store
+from attnkd.distillation import StoreInputs
 from attnkd.errors import UserError, run_stage
 from attnkd.io import sha256_file
 from attnkd.models import load_model, load_tokenizer, weights_file
@@ -52,8 +52,8 @@ def main() -> None:
     inputs = {"prepared": meta.model_dump()["splits"], "teacher_sha256": sha256_file(weights_file(args.teacher))}
     online = params.distill.signals == "online"
     expect = StoreInputs(task.inputs_digest(training), inputs["teacher_sha256"], len(training))
-    run = assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
-                   None if online else open_store(args.signal_store, task), expect, task)
+    run = task.assemble(params, args.student, args.method, args.seed, teacher.to(compute.device) if online else teacher,
+                        None if online else task.open_store(args.signal_store), expect)
     if run.live:  # tensors the store left out (over extract.max_gb): the teacher computes them on every batch
         run.teacher.to(compute.device)
         print(f"distill {name}: {run.live} from the teacher on every batch (over the store's extract.max_gb)")

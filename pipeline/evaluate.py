@@ -1,7 +1,8 @@
 """Stage evaluate: quality, efficiency and attention agreement of the teacher and every student.
 
-For task translation: BLEU and chrF of greedy translations, greedy decoding latency and
-throughput, and the agreement of the students' cross-attention with the teacher's.
+What is measured beyond quality is the task's (`Task.measure`): for an encoder, forward-pass
+latency and throughput and the agreement of the students' attention with the teacher's; for
+translation, decoding speed and cross-attention agreement.
 
 All models are measured in this one process on the same test examples: efficiency on one thread
 with the repeats round-robin over the models, so their latencies and throughputs compare fairly.
@@ -19,7 +20,7 @@ from attnkd import data
 from attnkd.artifacts import ModelRecord
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_write_files, atomic_write_json, json_text
-from attnkd.metrics import encoder_measures, model_identity, model_size, translation_measures
+from attnkd.metrics import model_identity, model_size
 from attnkd.models import load_model, load_tokenizer
 from attnkd.stage import model_groups, parser, setup
 from attnkd.tasks import get_task
@@ -40,9 +41,7 @@ def main() -> None:
     for name, d in dirs.items():
         if not d.is_dir():
             raise UserError(f"{d}: no such model dir; distill.students, methods and student_seeds name {name} (train it with `dvc repro`)")
-    task = get_task(params.task).bind(args.prepared)
-    if params.task == "translation":
-        task = task.searching(ep.beam)
+    task = get_task(params.task).bind(args.prepared).for_evaluation(ep)
     models = {name: load_model(d, task) for name, d in dirs.items()}
     records = {name: ModelRecord.read(d) if (d / ModelRecord.FILE).is_file() else None for name, d in dirs.items()}
     tokenizer = load_tokenizer(args.teacher)
@@ -55,8 +54,7 @@ def main() -> None:
         print(f"evaluate {name}: {task.select_by} {results[name][task.select_by]:.4f}")
 
     students = {n: (m, records[n].layer_pairs) for n, m in models.items() if n != "teacher"}
-    measure = translation_measures if params.task == "translation" else encoder_measures  # (attnkd.metrics)
-    agreement, timing, heatmaps = measure(models, students, records, groups, test, meta, task, tokenizer, params)
+    agreement, timing, heatmaps = task.measure(models, students, records, groups, test, meta, tokenizer, params)
     for name, layers in agreement.items():
         results[name] |= {"attention_js": {k: round(v, 6) for k, v in layers.items()}, "attention_js_mean": round(float(np.mean(list(layers.values()))), 6)}
     for name, t in timing.items():

@@ -11,15 +11,15 @@ from __future__ import annotations
 
 from attnkd.errors import run_stage
 from attnkd.io import atomic_write_json, read_json
-from attnkd.objective import store_plan
 from attnkd.stage import parser, setup
+from attnkd.tasks import get_task
 
 
 def main() -> None:
     p = parser(__doc__, teacher="teacher model dir (its depth)", out="the plan (JSON)")
     args = p.parse_args()
     params = setup(args.params)
-    wanted = store_plan(params, read_json(args.teacher / "config.json"))
+    wanted = get_task(params.task).plan_store(params, read_json(args.teacher / "config.json"))
     atomic_write_json(args.out, {"tensors": wanted})
     print(f"plan: store {wanted or 'logits only'} -> {args.out}")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from attnkd import figures
-from attnkd.artifacts import PairManifest, PreparedMeta, SignalManifest
+from attnkd.artifacts import PreparedMeta
 from attnkd.errors import UserError, run_stage
 from attnkd.io import atomic_write_files, atomic_write_json, atomic_write_text, read_json
 from attnkd.params import load_params
@@ -61,7 +61,7 @@ def main() -> None:
     images |= heatmaps
     examples = task.examples({m: predictions[models[0]] for m, models in groups.items()}, 5)
     doc = report_document(params, summary, results, groups, images, heatmaps, PreparedMeta.read(args.prepared), read_json(args.data_report), task, examples,
-                          (PairManifest if params.task == "translation" else SignalManifest).read(args.store.parent))
+                          task.read_manifest(args.store.parent))
 
     atomic_write_files(args.out.parent / "figures", images)
     atomic_write_text(args.points, points.to_csv(index=False))

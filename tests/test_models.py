@@ -7,7 +7,9 @@ from transformers import BertForSequenceClassification
 
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
-from attnkd.models import build_student, load_model, resolve_init
+from attnkd.models import load_model, resolve_init
+from attnkd.students import build_student
+from attnkd.tasks import get_task
 from attnkd.params import StudentParams
 from conftest import tiny_config
 
@@ -19,7 +21,7 @@ def teacher():
 
 
 def test_eager_attention_rows_sum_to_one_on_real_keys_and_zero_on_padding(tiny_model_dir):
-    model = load_model(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir, get_task("classification")).eval()
     split = Split([[101, 2000, 2001, 102], [101, 102]], np.array([0, 1]))
     b = collate(split, np.array([0, 1]), pad_id=0)
     with torch.no_grad():
@@ -32,7 +34,7 @@ def test_eager_attention_rows_sum_to_one_on_real_keys_and_zero_on_padding(tiny_m
 
 
 def test_attention_of_an_example_does_not_depend_on_batch_padding(tiny_model_dir):
-    model = load_model(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir, get_task("classification")).eval()
     split = Split([[101, 2000, 102], [101, 2000, 2001, 2002, 2003, 102]], np.array([0, 1]))
     with torch.no_grad():
         alone = model(**{k: v for k, v in collate(split, np.array([0]), 0).items() if k != "labels"}, output_attentions=True)

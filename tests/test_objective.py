@@ -9,7 +9,9 @@ from transformers import BertForSequenceClassification
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES
-from attnkd.models import build_student, capture, layer_tensor, load_model
+from attnkd.models import capture, layer_tensor, load_model
+from attnkd.students import build_student
+from attnkd.tasks import get_task
 from attnkd.objective import Objective, check_compatible, wanted_tensors
 from attnkd.params import DistillParams, StudentParams
 from attnkd.signals import SignalStore, extract
@@ -41,7 +43,7 @@ def setup(tmp_path_factory):
     split = Split([[101, *rng.integers(2000, 5000, size=n).tolist(), 102] for n in (5, 2, 9, 4)], np.array([0, 1, 2, 3]))
     teacher = sharp_teacher()
     out = tmp_path_factory.mktemp("store")
-    extract(teacher, split, {kind: [1, 2] for kind in KINDS}, "float16", 2, 0, out, {})
+    extract(teacher, split, {kind: [1, 2] for kind in KINDS}, "float16", 2, 0, out, {}, get_task("classification"))
     return split, teacher, SignalStore(out)
 
 
@@ -76,7 +78,7 @@ def test_the_store_holds_each_layers_own_tensors_to_fp16_precision(setup):
 
 
 def test_captured_scores_give_the_models_attention(tiny_model_dir):
-    model = load_model(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir, get_task("classification")).eval()
     split = Split([[101, 2000, 2001, 102], [101, 102]], np.array([0, 1]))
     b = collate(split, np.array([0, 1]), 0)
     with torch.no_grad(), capture(model, [1, 2], scores=True) as cap:
@@ -98,7 +100,7 @@ def test_store_and_online_give_the_same_loss(setup, loss, on):
     sp = StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random")
     dp = DistillParams(attn_mse_on=on, relation_heads=4, head_policy="per_head")
     student = build_student(teacher, sp, PAIRS, seed=0).eval()  # eval: no dropout noise between the two calls
-    objective = Objective({loss: 1.0}, PAIRS, dp, sp, teacher.config.hidden_size, teacher.config.num_attention_heads)
+    objective = Objective({loss: 1.0}, PAIRS, dp, sp, teacher.config.hidden_size, teacher.config.num_attention_heads, get_task("classification"))
     idx = np.array([2, 0, 3])
     b = collate(split, idx, 0)
     logits_s, both = store.batch(idx, b["input_ids"].shape[1])
@@ -126,7 +128,7 @@ def test_value_relation_store_equals_online(setup):
     sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=32, init="random")
     dp = DistillParams()
     student = build_student(teacher, sp, PAIRS, seed=0).eval()
-    objective = Objective({"value_relation": 1.0}, PAIRS, dp, sp, 32, 4)
+    objective = Objective({"value_relation": 1.0}, PAIRS, dp, sp, 32, 4, get_task("classification"))
     idx = np.array([1, 2])
     b = collate(split, idx, 0)
     with torch.no_grad(), capture(teacher, [2]) as cap:
@@ -143,14 +145,14 @@ def test_head_policy_and_incompatible_pairs_fail_at_load_time():
     sp = StudentParams(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=32)
     dp = DistillParams()
     with pytest.raises(UserError, match="distill.head_policy: per_head needs equal head counts"):
-        check_compatible({"attn_kl": 1.0}, dp, sp, teacher_heads=4, teacher_width=32)
-    check_compatible({"attn_kl": 1.0}, dp.model_copy(update={"head_policy": "average"}), sp, teacher_heads=4, teacher_width=32)
+        check_compatible({"attn_kl": 1.0}, dp, sp, teacher_heads=4, teacher_width=32, task=get_task("classification"))
+    check_compatible({"attn_kl": 1.0}, dp.model_copy(update={"head_policy": "average"}), sp, teacher_heads=4, teacher_width=32, task=get_task("classification"))
     with pytest.raises(UserError, match="value_relation"):
-        check_compatible({"value_relation": 1.0}, dp, sp, teacher_heads=4, teacher_width=32)
+        check_compatible({"value_relation": 1.0}, dp, sp, teacher_heads=4, teacher_width=32, task=get_task("classification"))
     with pytest.raises(UserError, match="distill.relation_heads: 5 does not divide the student width 32"):
-        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 5}), sp, teacher_heads=4, teacher_width=40)
+        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 5}), sp, teacher_heads=4, teacher_width=40, task=get_task("classification"))
     with pytest.raises(UserError, match="distill.relation_heads: 16 does not divide the teacher width 40"):
-        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 16}), sp, teacher_heads=4, teacher_width=40)
+        check_compatible({"qkv_relation": 1.0}, dp.model_copy(update={"relation_heads": 16}), sp, teacher_heads=4, teacher_width=40, task=get_task("classification"))
 
 
 def test_wanted_tensors_are_exactly_what_the_losses_read():
@@ -170,12 +172,12 @@ def test_online_mode_gives_the_store_losses_for_a_combined_method(setup):
     sp = StudentParams(num_layers=1, hidden_size=16, num_heads=4, intermediate_size=32, init="random")
     dp = DistillParams(relation_heads=4)
     student = build_student(teacher, sp, PAIRS, seed=0).eval()
-    objective = Objective(weights, PAIRS, dp, sp, 32, 4)
+    objective = Objective(weights, PAIRS, dp, sp, 32, 4, get_task("classification"))
     wanted = wanted_tensors([weights], PAIRS, "probs")
     idx = np.array([0, 1, 2, 3])
     b = collate(split, idx, 0)
     s_total, s_terms = objective(student, b, *store.batch(idx, b["input_ids"].shape[1], wanted))
-    o_total, o_terms = objective(student, b, *online_batch(teacher, b, wanted))
+    o_total, o_terms = objective(student, b, *online_batch(teacher, b, wanted, get_task("classification")))
     assert {k for k in s_terms if "/" not in k} == set(weights)
     for k in weights:
         assert s_terms[k].item() == pytest.approx(o_terms[k].item(), rel=1e-3), k
@@ -195,7 +197,7 @@ def test_a_store_over_its_budget_leaves_the_rest_to_the_teacher_with_the_same_lo
     assert stored == {"attn": [1]} and online == {"attn": [2], "hidden": [1, 2]}
     out = tmp_path / "store"
     out.mkdir()
-    extract(teacher, split, stored, "float16", 2, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y", "online": online, "max_bytes": one_layer})
+    extract(teacher, split, stored, "float16", 2, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y", "online": online, "max_bytes": one_layer}, get_task("classification"))
     store = SignalStore(out)
     store.require({"attn": [2], "hidden": [1]}, "x", "y")  # left to the teacher: fine
     with pytest.raises(UserError, match="'q' of teacher layers \\[2\\] is not stored"):
@@ -204,7 +206,7 @@ def test_a_store_over_its_budget_leaves_the_rest_to_the_teacher_with_the_same_lo
     weights = {"ce": 0.5, "kd": 0.5, "attn_kl": 1.0}
     sp = StudentParams(num_layers=1, hidden_size=32, num_heads=4, intermediate_size=32, init="random")
     student = build_student(teacher, sp, PAIRS, seed=0).eval()
-    objective = Objective(weights, PAIRS, DistillParams(), sp, 32, 4)
+    objective = Objective(weights, PAIRS, DistillParams(), sp, 32, 4, get_task("classification"))
     wanted = wanted_tensors([weights], PAIRS, "probs")  # attn of layer 2: over the budget
     live = split_wanted(wanted, store.manifest.online)[1]
     assert live == {"attn": [2]}

@@ -9,10 +9,12 @@ from transformers import BertForSequenceClassification
 from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.metrics import attention_agreement
-from attnkd.models import build_student, forward, layer_tensor, load_model
+from attnkd.models import forward, layer_tensor, load_model
+from attnkd.students import build_student
+from attnkd.tasks import get_task
 from attnkd.objective import Objective, check_compatible, store_plan
 from attnkd.params import DistillParams, Params, StudentParams
-from attnkd.recurrent import BiLSTMForSequenceClassification
+from attnkd.students.lstm import BiLSTMForSequenceClassification
 from attnkd.signals import SignalStore, extract
 from test_objective import sharp_teacher
 
@@ -68,26 +70,24 @@ def test_saves_and_loads_like_every_model(teacher, split, tmp_path):
     model = build_student(teacher, LSTM, [(2, 1)], 3).eval()
     model.save_pretrained(tmp_path, safe_serialization=True)
     assert (tmp_path / "model.safetensors").is_file() and not list(tmp_path.glob("*.bin"))
-    loaded = load_model(tmp_path)
+    loaded = load_model(tmp_path, get_task("classification"))
     assert isinstance(loaded, BiLSTMForSequenceClassification)
     batch = collate(split, np.arange(4), 0)
     with torch.no_grad():
         a, b = forward(model, batch), forward(loaded.eval(), batch)
     torch.testing.assert_close(b.logits, a.logits, rtol=1e-5, atol=1e-6)  # same weights; the LSTM kernel may sum in another order
     torch.testing.assert_close(b.pooling, a.pooling, rtol=1e-5, atol=1e-6)
-    from attnkd.tasks import get_task
-
-    with pytest.raises(UserError, match="BiLSTM.*classifies"):
+    with pytest.raises(UserError, match="family lstm classifies"):
         load_model(tmp_path, get_task("squad"))
 
 
 def test_pooling_transfer_from_the_store_equals_online_and_trains_the_student(teacher, split, tmp_path):
-    extract(teacher, split, {"cls": [1, 2]}, "float16", 2, 0, tmp_path, {})
+    extract(teacher, split, {"cls": [1, 2]}, "float16", 2, 0, tmp_path, {}, get_task("classification"))
     store = SignalStore(tmp_path)
     dp = DistillParams()
     pairs = [(2, 1)]
     student = build_student(teacher, LSTM, pairs, 0).eval()
-    objective = Objective({"cls_kl": 1.0, "kd_mse": 0.5, "at_map": 1.0}, pairs, dp, LSTM, 32, 4)
+    objective = Objective({"cls_kl": 1.0, "kd_mse": 0.5, "at_map": 1.0}, pairs, dp, LSTM, 32, 4, get_task("classification"))
     idx = np.array([2, 0, 3])
     b = collate(split, idx, 0)
     outputs, stored = store.batch(idx, b["input_ids"].shape[1])
@@ -109,13 +109,13 @@ def test_pooling_transfer_from_the_store_equals_online_and_trains_the_student(te
 
 def test_a_loss_the_family_cannot_read_fails_naming_it():
     with pytest.raises(UserError, match="attn_kl reads attn .*lstm student"):
-        check_compatible({"ce": 1.0, "attn_kl": 1.0}, DistillParams(), LSTM, 4, 32)
-    check_compatible({"ce": 1.0, "kd": 1.0, "kd_mse": 1.0, "cls_kl": 1.0, "cls_mse": 1.0, "at_map": 1.0, "hidden_mse": 1.0}, DistillParams(), LSTM, 4, 32)
+        check_compatible({"ce": 1.0, "attn_kl": 1.0}, DistillParams(), LSTM, 4, 32, get_task("classification"))
+    check_compatible({"ce": 1.0, "kd": 1.0, "kd_mse": 1.0, "cls_kl": 1.0, "cls_mse": 1.0, "at_map": 1.0, "hidden_mse": 1.0}, DistillParams(), LSTM, 4, 32, get_task("classification"))
     teacher_config = {"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 32}
     params = Params(students={"rnn": LSTM}, distill=DistillParams(students=["rnn"]), methods={"ce": {"ce": 1.0}, "pool": {"ce": 1.0, "cls_kl": 1.0}})
-    assert store_plan(params, teacher_config) == {"cls": [2]}  # uniform map: its one pooling layer learns from the last teacher layer
+    assert store_plan(params, teacher_config, get_task("classification")) == {"cls": [2]}  # uniform map: its one pooling layer learns from the last teacher layer
     with pytest.raises(UserError, match="students.rnn: family lstm classifies"):
-        store_plan(params.model_copy(update={"task": "squad"}), teacher_config)
+        store_plan(params.model_copy(update={"task": "squad"}), teacher_config, get_task("squad"))
     with pytest.raises(ValueError, match="init must be embeddings or random"):
         StudentParams(family="lstm", init="teacher")
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from attnkd.metrics import calibration_error, js_divergence, per_class
+from attnkd.metrics import js_divergence
+from attnkd.tasks.classification.scores import calibration_error, per_class
 from attnkd.reporting import Document, pm, quality_table, summarize
 from attnkd.stats import mean_std, paired_bootstrap
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from attnkd.losses import topk_kd_loss
-from attnkd.seq2seq import (BOS_ID, EOS_ID, IGNORE, PAD_ID, Architecture, build_model, collate_pairs, encode, forward,
+from attnkd.tasks.translation.model import (BOS_ID, EOS_ID, IGNORE, PAD_ID, Architecture, build_model, collate_pairs, encode, forward,
                             label_smoothed_ce, pad_topk, teacher_topk, translate)
-from attnkd.translation import read_parallel, train_tokenizer
+from attnkd.tasks.translation.text import read_parallel, train_tokenizer
 from conftest import shared_data
 
 RAW = "multi30k/task1/raw"

@@ -10,6 +10,7 @@ from attnkd.data import Split, collate
 from attnkd.errors import UserError
 from attnkd.losses import attn_kl_loss, kd_loss
 from attnkd.models import load_model
+from attnkd.tasks import get_task
 from attnkd.signals import FORMAT, SignalStore, extract
 
 
@@ -22,11 +23,11 @@ def split():
 
 @pytest.fixture
 def store_dir(tmp_path, tiny_model_dir, split):
-    model = load_model(tiny_model_dir)
+    model = load_model(tiny_model_dir, get_task("classification"))
     out = tmp_path / "signals"
     out.mkdir()
     wanted = {"attn": [1, 2], "scores": [2], "q": [2], "k": [2], "v": [2], "hidden": [1]}
-    extract(model, split, wanted, "float16", 3, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
+    extract(model, split, wanted, "float16", 3, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"}, get_task("classification"))
     return out
 
 
@@ -40,7 +41,7 @@ def test_store_is_ragged_at_the_fp16_bound(store_dir, split):
 
 
 def test_store_matches_the_teacher_run_online(store_dir, tiny_model_dir, split):
-    model = load_model(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir, get_task("classification")).eval()
     store = SignalStore(store_dir)
     idx = np.array([4, 0, 2])
     b = collate(split, idx, 0)
@@ -95,10 +96,10 @@ def test_store_refuses_layers_inputs_or_teacher_it_does_not_cover(store_dir):
 
 @pytest.mark.parametrize("dtype, rel", [("float32", 1e-6), ("float16", 1e-3), ("bfloat16", 8e-3)])
 def test_every_storage_dtype_reads_back_within_its_precision(tmp_path, tiny_model_dir, split, dtype, rel):
-    model = load_model(tiny_model_dir).eval()
+    model = load_model(tiny_model_dir, get_task("classification")).eval()
     out = tmp_path / dtype
     out.mkdir()
-    manifest = extract(model, split, {"attn": [1], "hidden": [2]}, dtype, 4, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"})
+    manifest = extract(model, split, {"attn": [1], "hidden": [2]}, dtype, 4, 0, out, {"inputs_sha256": "x", "teacher_sha256": "y"}, get_task("classification"))
     assert manifest.dtype == dtype
     idx = np.arange(len(split))
     b = collate(split, idx, 0)

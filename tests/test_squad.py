@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from attnkd.errors import UserError
 from attnkd.models import resolve_init
 from attnkd.losses import kd_loss
-from attnkd.squad import best_answer, exact_match, f1, normalize_answer, read_squad, span_rows, split_by_article, windows
+from attnkd.tasks.squad.reading import best_answer, exact_match, f1, normalize_answer, read_squad, span_rows, split_by_article, windows
 from conftest import shared_data
 
 SQUAD = shared_data("squad_v1.1/dev-v1.1.json.zip") / "squad_v1.1"

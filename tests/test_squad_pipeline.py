@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnkd.squad import exact_match, f1
+from attnkd.tasks.squad.reading import exact_match, f1
 from conftest import repro_copy, sh, shared_data, tiny_params
 
 SQUAD = shared_data("squad_v1.1/dev-v1.1.json.zip") / "squad_v1.1"

@@ -131,3 +131,45 @@ def test_the_store_keeps_per_token_outputs_ragged_and_equal_to_the_teacher_onlin
     for name in ("start_logits", "end_logits"):
         assert torch.equal(stored[name][mask], online[name][mask])  # float32, exact
         assert (stored[name][~mask] == 0).all()
+
+
+class ToyTokens(EncoderTask):
+    """Token classification in miniature: a class distribution per token ((T, C) per example)."""
+
+    name = "toy_tokens"
+    select_by = "token_accuracy"
+    summary_metrics = ("token_accuracy",)
+    outputs = {"logits": "token_classes"}
+
+    def model_class(self) -> type:
+        from transformers import BertForTokenClassification
+
+        return BertForTokenClassification
+
+
+def test_the_store_keeps_per_token_class_distributions_ragged_and_equal_to_the_teacher_online(tmp_path):
+    """(T, C) per example: stored as (sum n, C) rows, no padding; read back zero-padded to (B, t, C)."""
+    from transformers import BertForTokenClassification
+
+    from attnkd.signals import extract
+
+    task = ToyTokens()
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(tiny_config(num_labels=7)).eval()
+    rng = np.random.default_rng(1)
+    ids = [[101, *rng.integers(2000, 5000, size=int(k)).tolist(), 102] for k in rng.integers(2, 14, size=10)]
+    split = data.Split(ids, np.zeros(len(ids), dtype=np.int64))
+    extract(teacher, split, {"attn": [2]}, "float16", 3, 0, tmp_path, {"inputs_sha256": "x", "teacher_sha256": "y"}, task)
+    store = SignalStore(tmp_path)
+    assert store.manifest.token_classes == ["logits"]
+    assert store.outputs["logits"].shape == (int(split.lengths.sum()), 7)  # one row of C values per real token
+    idx = np.array([4, 0, 9, 2])
+    b = data.collate(split, idx, 0)
+    stored, maps = store.batch(idx, b["input_ids"].shape[1])
+    online, online_maps = online_batch(teacher, b, {"attn": [2]}, task)
+    mask = b["attention_mask"].bool()
+    assert stored["logits"].shape == (4, b["input_ids"].shape[1], 7)
+    assert torch.equal(stored["logits"][mask], online["logits"][mask])  # float32, exact, every token of every example in its place
+    assert (stored["logits"][~mask] == 0).all()
+    pair = (mask[:, None, :, None] & mask[:, None, None, :]).expand_as(maps[("attn", 2)])  # (B, H, T, T) real queries x real keys
+    torch.testing.assert_close(maps[("attn", 2)][pair], online_maps[("attn", 2)][pair], atol=1e-3, rtol=0)  # fp16 maps beside the fp32 outputs

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from attnkd.errors import UserError
-from attnkd.translation import SPECIALS, read_parallel, score, train_tokenizer
+from attnkd.tasks.translation.text import SPECIALS, read_parallel, score, train_tokenizer
 from conftest import shared_data
 
 RAW = "multi30k/task1/raw"
@@ -79,7 +79,7 @@ def test_summed_sentence_statistics_give_sacrebleus_corpus_bleu(raw):
     import numpy as np
     from sacrebleu.metrics import BLEU
 
-    from attnkd.translation import bleu_from_stats, bleu_stats
+    from attnkd.tasks.translation.text import bleu_from_stats, bleu_stats
 
     refs = read_parallel(raw, "val", "en", "de").target[:200]
     rng = np.random.default_rng(0)
@@ -111,7 +111,7 @@ def test_one_seeds_paired_bootstrap_agrees_with_sacrebleus_paired_test(raw):
     from sacrebleu.significance import PairedTest
 
     from attnkd.stats import paired_bootstrap_corpus
-    from attnkd.translation import bleu_from_stats, bleu_stats
+    from attnkd.tasks.translation.text import bleu_from_stats, bleu_stats
 
     refs = read_parallel(raw, "val", "en", "de").target[:300]
     rng = np.random.default_rng(1)

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnkd.translation import read_lines, score
+from attnkd.tasks.translation.text import read_lines, score
 from conftest import repro_copy, sh, shared_data
 from test_translation_stages import METHODS, RAW, SIZES, translation_params
 
@@ -53,7 +53,7 @@ def test_the_scored_translations_are_beam_searchs_of_evaluate_beam(mt_repo):
     """evaluate.beam 2: the written translations are the saved teacher's beam-2 translations (not greedy's)."""
     from attnkd import data
     from attnkd.models import load_model
-    from attnkd.seq2seq import translate
+    from attnkd.tasks.translation.model import translate
     from attnkd.tasks import get_task
 
     root, _, _ = mt_repo

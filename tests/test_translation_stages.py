@@ -22,11 +22,11 @@ from attnkd import data
 from attnkd.errors import UserError
 from attnkd.models import load_model, load_tokenizer
 from attnkd.objective import check_compatible
-from attnkd.pair_store import PairStore
+from attnkd.tasks.translation.store import PairStore
 from attnkd.params import Params
-from attnkd.seq2seq import EOS_ID, collate_pairs, forward, translate
+from attnkd.tasks.translation.model import EOS_ID, collate_pairs, forward, translate
 from attnkd.tasks import get_task
-from attnkd.translation import read_lines, score
+from attnkd.tasks.translation.text import read_lines, score
 from conftest import REPO, run_script, shared_data
 
 RAW = "multi30k/task1/raw"
@@ -167,7 +167,7 @@ def test_a_method_with_both_targets_or_a_loss_of_another_task_is_refused(stages,
         assert run_script("plan", "--params", tmp_path / "params.yaml", "--teacher", stages / "teacher", "--out", tmp_path / "plan.json") == 2
         assert re.search(pattern, capsys.readouterr().err)
     with pytest.raises(UserError, match=r"seq_kd is not a loss of task classification"):
-        check_compatible({"seq_kd": 1.0}, Params().distill, Params().students["small"], 12, 384)
+        check_compatible({"seq_kd": 1.0}, Params().distill, Params().students["small"], 12, 384, get_task("classification"))
 
 
 def distill(stages: Path, method: str, seed: int = 42, **extra: str) -> int:
@@ -203,14 +203,13 @@ def test_a_students_seq_kd_is_the_cross_entropy_on_the_stored_translations(stude
     """Recompute the first batch of seq_kd_at by hand from the store: the cross-entropy of an
     untrained student on the teacher's translations, and the cross-attention KL against the
     teacher's maps under them, equal the run's objective on that batch."""
-    from attnkd.distillation import assemble
     from attnkd.losses import cross_kl_loss
 
     params = Params.model_validate(yaml.safe_load((students / "params.yaml").read_text()))
     task = get_task("translation").bind(students / "prepared")
     teacher = load_model(students / "teacher", task)
     store = PairStore(students / "signals")
-    run = assemble(params, "small", "seq_kd_at", 42, teacher, store, task=task)
+    run = task.assemble(params, "small", "seq_kd_at", 42, teacher, store)
     train = run.rows(data.load_split(students / "prepared", "train"))
     idx = np.array([5, 9, 100])
     batch = task.collate(train, idx, 0)
@@ -229,12 +228,11 @@ def test_a_students_seq_kd_is_the_cross_entropy_on_the_stored_translations(stude
 
 def test_kd_from_the_stored_topk_is_word_level_kd(students):
     """kd on the stored teacher's top-k is losses.topk_kd_loss over the real target positions."""
-    from attnkd.distillation import assemble
     from attnkd.losses import topk_kd_loss
 
     params = Params.model_validate(yaml.safe_load((students / "params.yaml").read_text()))
     task = get_task("translation").bind(students / "prepared")
-    run = assemble(params, "small", "kd", 42, load_model(students / "teacher", task), PairStore(students / "signals"), task=task)
+    run = task.assemble(params, "small", "kd", 42, load_model(students / "teacher", task), PairStore(students / "signals"))
     train = run.rows(data.load_split(students / "prepared", "train"))
     idx = np.array([1, 2, 3, 200])
     batch = task.collate(train, idx, 0)
@@ -381,7 +379,6 @@ def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages
     """enc_* average the encoder's rows over the source tokens, dec_* and cross_* the decoder's
     over the target tokens: the objective's terms equal the pure losses worked out from the store
     with those masks, head-averaged (cross_kl, *_mse) or head by head (*_heads)."""
-    from attnkd.distillation import assemble
     from attnkd.losses import cross_kl_loss, map_kl_loss, map_mse_loss
 
     doc = yaml.safe_load((all_maps / "params.yaml").read_text())
@@ -389,7 +386,7 @@ def test_self_attention_losses_read_the_stored_maps_over_their_own_tokens(stages
     params = Params.model_validate(doc)
     task = get_task("translation").bind(stages / "prepared")
     store = PairStore(all_maps / "signals")
-    run = assemble(params, "small", "maps", 42, load_model(stages / "teacher", task), store, task=task)
+    run = task.assemble(params, "small", "maps", 42, load_model(stages / "teacher", task), store)
     train = run.rows(data.load_split(stages / "prepared", "train"))
     idx = np.array([5, 9, 100])
     batch = task.collate(train, idx, 0)

@@ -30,7 +30,6 @@ import pandas as pd
 import torch
 
 from attnkd import data, signals
-from attnkd.distillation import assemble
 from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
 from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
@@ -116,8 +115,8 @@ def main() -> None:
         store_dir = work / f"signals-{name}"
         store_dir.mkdir()
         signals.extract(teacher, train, wanted, params.extract.dtype, params.extract.batch_size, tokenizer.pad_token_id, store_dir,
-                        {"inputs_sha256": data.ids_digest(train.input_ids), "teacher_sha256": sha256_file(weights_file(work / "teacher"))})
-        run = assemble(params, name, args.method, params.seed, teacher, signals.SignalStore(store_dir))
+                        {"inputs_sha256": data.ids_digest(train.input_ids), "teacher_sha256": sha256_file(weights_file(work / "teacher"))}, task)
+        run = task.assemble(params, name, args.method, params.seed, teacher, signals.SignalStore(store_dir))
         print(f"distillation of {name} with {args.method} from the store (batch {dp.batch_size}):", flush=True)
         seconds = timed_fit(run.student, train, val, run.budget, run.step_loss, tokenizer.pad_token_id, extra=run.objective)
         rows.append(report(name, seconds, train, sp.num_layers, sp.hidden_size, sp.intermediate_size, peak))

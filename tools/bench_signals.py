@@ -37,12 +37,13 @@ import yaml
 from attnkd import data, signals
 from attnkd.artifacts import PreparedMeta, SplitInfo
 from attnkd.compute import CPU
-from attnkd.distillation import DistillRun, assemble
+from attnkd.distillation import DistillRun
 from attnkd.io import sha256_file
 from attnkd.losses import resolve_layer_map
-from attnkd.models import attention_layers, load_model, load_tokenizer, resolve_init, weights_file
+from attnkd.models import load_model, load_tokenizer, resolve_init, weights_file
 from attnkd.objective import wanted_tensors
 from attnkd.params import Params
+from attnkd.students import get_family
 from attnkd.tasks import get_task
 from attnkd.train import apply_gradients, make_optimizer
 from profiles import profile_params
@@ -135,11 +136,12 @@ def main() -> None:
     init = resolve_init(params.teacher.init)
     tokenizer = load_tokenizer(init)
     work = Path(tempfile.mkdtemp(prefix="attnkd-bench-"))
-    teacher = load_model(init, head=get_task("classification").head_config(SimpleNamespace(label_names=["negative", "positive"]))).eval()
+    task = get_task("classification")
+    teacher = load_model(init, task, head=task.head_config(SimpleNamespace(label_names=["negative", "positive"]))).eval()
     teacher.save_pretrained(work / "teacher")
     tokenizer.save_pretrained(work / "teacher")
     cfg = teacher.config
-    pairs = {name: resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, attention_layers(params.students[name])) for name in dp.students}
+    pairs = {name: resolve_layer_map(dp.layer_map, cfg.num_hidden_layers, get_family(params.students[name].family).layers(params.students[name])) for name in dp.students}
     wanted = wanted_tensors([METHOD], sorted({p for ps in pairs.values() for p in ps}), dp.attn_mse_on)  # the union, as extract stores
     shapes = ", ".join(f"{n} {params.students[n].num_layers}x{params.students[n].hidden_size} (pairs {pairs[n]})" for n in dp.students)
     print(f"teacher all-MiniLM-L6-v2 (6x384, 12 heads); students {shapes}; stored {wanted}; max_length {max_length}; "
@@ -154,7 +156,7 @@ def main() -> None:
         t0 = time.perf_counter()
         manifest = signals.extract(teacher, train, wanted, "float16", params.extract.batch_size, tokenizer.pad_token_id, root / "signals",
                                    {"inputs_sha256": json.loads((root / "prepared/meta.json").read_text())["splits"]["train"]["inputs_sha256"],
-                                    "teacher_sha256": sha256_file(weights_file(work / "teacher"))})
+                                    "teacher_sha256": sha256_file(weights_file(work / "teacher"))}, task)
         seconds = time.perf_counter() - t0
         size_bytes = sum(f.bytes for f in manifest.files.values())
         bound = ragged_bound(train.lengths, wanted, 12, 384)
@@ -188,7 +190,7 @@ def main() -> None:
     bench = Params.model_validate(params.model_dump() | {"methods": {"kd_at": METHOD}})
     for name in dp.students:
         s = params.students[name]
-        runs = {mode: assemble(bench, name, "kd_at", params.seed, teacher, source) for mode, source in (("store", store), ("online", None))}
+        runs = {mode: task.assemble(bench, name, "kd_at", params.seed, teacher, source) for mode, source in (("store", store), ("online", None))}
         per_step = time_modes(runs, train, batches)
         student_training = 3 * layer_flops(s.num_layers, s.hidden_size, s.intermediate_size, train.lengths)  # forward + backward
         print(f"  {name} ({s.num_layers}x{s.hidden_size}):")

@@ -6,8 +6,7 @@ same way for every artifact (prepared splits, model dirs, the signal store).
 
     PreparedMeta     data/prepared/meta.json     label names, max length, per split its size and digests
     ModelRecord      <model dir>/attnkd.json     what built a model, and the sha256 of its files
-    SignalManifest   data/signals/manifest.json  what the store holds, how, from which inputs
-    PairManifest     data/signals/manifest.json  the same for an encoder-decoder teacher (task translation)
+    SignalManifest   data/signals/manifest.json  what the store holds, how, from which inputs (every layout)
     TransferMeta     data/transfer/transfer.json the transfer set: how it was made, its size and digests
 """
 
@@ -102,41 +101,33 @@ class FileInfo(BaseModel):
 
 
 class SignalManifest(Artifact):
+    """What a signal store holds, how, and from which inputs; one type for every store layout
+    (attnkd.store): the shared fields, then the parts of the encoder layout (attnkd.signals) and of
+    the encoder-decoder layout (attnkd.tasks.translation.store), absent from the other's file."""
+
     FILE: ClassVar[str] = "manifest.json"
     RERUN: ClassVar[str] = "re-run `dvc repro extract`"
-    format: str
-    num_examples: int
-    num_labels: int
-    heads: int
-    width: int
-    tensors: dict[str, list[int]]  # kind -> teacher layers stored
-    attn_kind: str
+    format: str  # the layout, and its version
+    num_examples: int  # training rows (examples, or sentence pairs)
+    heads: int  # of the stored attention maps
+    tensors: dict[str, list[int]]  # kind -> teacher layers stored (encoder-decoder: "<target>/<kind>", empty for per-token kinds)
     dtype: str  # storage dtype of the layer tensors
     files: dict[str, FileInfo]
-    split: str | None = None
     teacher_sha256: str | None = None
     inputs_sha256: str | None = None
+    # the encoder layout
+    num_labels: int | None = None
+    width: int | None = None
+    attn_kind: str | None = None
+    split: str | None = None
     max_length: int | None = None
     teacher_precision: str | None = None
     online: dict[str, list[int]] | None = None  # planned tensors over the size budget: distill runs the teacher for them
     max_bytes: int | None = None  # the size budget of the layer tensors, when some were left to distill
-
-
-class PairManifest(Artifact):
-    """The signal store of an encoder-decoder teacher (task translation), see attnkd.pair_store."""
-
-    FILE: ClassVar[str] = "manifest.json"
-    RERUN: ClassVar[str] = "re-run `dvc repro extract`"
-    format: str
-    num_examples: int
-    heads: int  # of the teacher's attention (encoder and decoder layers alike: teacher.seq2seq.heads)
-    topk: int  # tokens kept per target position
-    beam: int  # of the teacher's translations (1: greedy)
-    dtype: str  # storage dtype of the attention maps
-    tensors: dict[str, list[int]]  # "<target>/<kind>" -> teacher decoder layers (empty for per-token kinds)
-    files: dict[str, FileInfo]
-    teacher_sha256: str
-    inputs_sha256: str
+    token_classes: list[str] | None = None  # teacher outputs stored as a class distribution per token, (n_i, C) rows per example
+    # the encoder-decoder layout
+    topk: int | None = None  # tokens kept per target position
+    beam: int | None = None  # of the teacher's translations (1: greedy)
 
 
 class TransferMeta(Artifact):

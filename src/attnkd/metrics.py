@@ -1,4 +1,5 @@
-"""Quality, efficiency and attention-agreement measurements (scikit-learn for the statistics)."""
+"""Measurements every task shares: speed, attention agreement with the teacher and the report's
+attention maps (a task's own quality scores live in its package)."""
 
 from __future__ import annotations
 
@@ -12,51 +13,7 @@ import torch
 from attnkd.data import Split, collate, length_batches
 from attnkd.artifacts import ModelRecord
 from attnkd.models import count_parameters, forward, layer_tensor, weights_file
-
-
-def classification_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
-    """Accuracy, macro P/R/F1 and ROC-AUC (binary, or macro one-vs-rest for more classes)."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score  # imported here, as below: every stage loads this module, and sklearn takes a second
-
-    pred = probs.argmax(1)
-    p, r, f1, _ = precision_recall_fscore_support(labels, pred, average="macro", zero_division=0)
-    n_classes = probs.shape[1]
-    try:
-        if n_classes == 2:
-            auc = roc_auc_score(labels, probs[:, 1])
-        else:
-            auc = roc_auc_score(labels, probs, multi_class="ovr", average="macro", labels=list(range(n_classes)))
-    except ValueError:  # a class absent from this split: AUC is undefined
-        auc = float("nan")
-    return {"accuracy": accuracy_score(labels, pred), "precision_macro": p, "recall_macro": r, "f1_macro": f1, "roc_auc": auc}
-
-
-def calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
-    """Expected calibration error of the top-label confidence: over `bins` equal-width confidence
-    bins, the example-weighted mean of |accuracy - mean confidence| (Guo et al., 2017)."""
-    conf = probs.max(1)
-    correct = probs.argmax(1) == labels
-    which = np.minimum((conf * bins).astype(int), bins - 1)  # bin of each example; conf 1.0 -> last bin
-    ece = 0.0
-    for b in range(bins):
-        in_bin = which == b
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - conf[in_bin].mean())
-    return float(ece)
-
-
-def per_class(labels: np.ndarray, pred: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
-    """Precision, recall, F1 and support of every class."""
-    from sklearn.metrics import precision_recall_fscore_support
-
-    p, r, f1, support = precision_recall_fscore_support(labels, pred, labels=list(range(len(names))), zero_division=0)
-    return {n: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f1[i]), "support": int(support[i])} for i, n in enumerate(names)}
-
-
-def confusion(labels: np.ndarray, pred: np.ndarray, n_classes: int) -> list[list[int]]:
-    from sklearn.metrics import confusion_matrix
-
-    return confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist()
+from attnkd.students import family_of
 
 
 def _seconds(model, batches: list[dict[str, torch.Tensor]]) -> list[float]:
@@ -131,11 +88,12 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
         att_t = out_t.attentions
         for name, (model, pairs) in students.items():
             out = forward(model, b, output_attentions=True)
-            pooled = getattr(out, "pooling", None) is not None
+            family = family_of(model)
+            pooled = family.attention == "row"
             counts[name] += len(idx) if pooled else int(rows.sum())
             for t_layer, s_layer in pairs:
                 if pooled:  # one row per example: (B, T) against the teacher's [CLS] row
-                    js = js_divergence(out.pooling.double(), layer_tensor("cls", t_layer, out_t, {}).double())  # (B,)
+                    js = js_divergence(family.layer_tensor("cls", s_layer, out, {}).double(), layer_tensor("cls", t_layer, out_t, {}).double())  # (B,)
                 else:
                     a_s, a_t = out.attentions[s_layer - 1].double(), att_t[t_layer - 1].double()  # (B, H, T, T)
                     if a_s.shape[1] != a_t.shape[1]:  # different head counts: compare head-averaged maps (B, 1, T, T)
@@ -177,7 +135,7 @@ def pooling_snapshot(teacher, students: dict[str, torch.nn.Module], layer: int, 
     b = collate(split, np.array([i]), pad_id)
     n = min(max_tokens, len(split.input_ids[i]))
     rows = {"teacher": layer_tensor("cls", layer, forward(teacher.eval(), b, output_attentions=True), {})[0, :n].tolist()}
-    return rows | {name: forward(model.eval(), b).pooling[0, :n].tolist() for name, model in students.items()}
+    return rows | {name: family_of(model).layer_tensor("cls", 1, forward(model.eval(), b), {})[0, :n].tolist() for name, model in students.items()}
 
 
 def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test: Split, meta: dict, task, tokenizer, rp) -> list[dict]:
@@ -185,7 +143,7 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
     each row whose layer map is the first row's, per mapped pair (`maps`); and for the BiLSTM rows,
     which have no (n, n) map, their pooling rows beside the teacher's [CLS] row (`rows`)."""
     firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
-    pooled = {row: n for row, n in firsts.items() if records[n].architecture.get("family") == "lstm"}
+    pooled = {row: n for row, n in firsts.items() if family_of(models[n]).attention == "row"}
     first = {row: n for row, n in firsts.items() if row not in pooled}
     if not rp.heatmap_examples or not firsts:
         return []
@@ -211,30 +169,6 @@ def encoder_measures(models, students, records, groups, test, meta, task, tokeni
     agreement = attention_agreement(models["teacher"], students, test.head(ep.agreement_examples), ep.batch_size, tokenizer.pad_token_id)
     timing = efficiency(models, test, tokenizer.pad_token_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
     return agreement, timing, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report)
-
-
-def translation_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
-    """Cross-attention agreement per mapped decoder-layer pair (teacher-forced on the test
-    references), greedy decoding latency per sentence and throughput, and the alignment maps of
-    the teacher and each row's first-seed student on the report's test pairs."""
-    from attnkd.seq2seq import cross_agreement, cross_snapshot, decoding_efficiency
-
-    ep, rp = params.evaluate, params.report
-    sub = test.head(ep.agreement_examples)
-    sources, targets = list(test.input_ids), list(test.extra["target_ids"])
-    agreement = cross_agreement(models["teacher"], students, list(sub.input_ids), list(sub.extra["target_ids"]), ep.batch_size)
-    timing = decoding_efficiency(models, sources, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
-    firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
-    heatmaps = []
-    if rp.heatmap_examples and firsts:
-        pairs = records[next(iter(firsts.values()))].layer_pairs
-        drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in firsts.items() if records[n].layer_pairs == pairs}
-        words = lambda ids: [tokenizer.decode([int(t)]) for t in ids[: rp.heatmap_tokens]]  # noqa: E731
-        for i in heatmap_examples(test.lengths, rp.heatmap_examples):
-            heatmaps.append({"example": i, "tokens": words(sources[i]), "target_tokens": words(targets[i]), "pairs": pairs,
-                             "title": f"test pair {i} ({task.caption(test, i, meta)}): cross-attention, target rows by source columns",
-                             "maps": cross_snapshot(drawn, pairs, sources[i], targets[i], rp.heatmap_tokens)})
-    return agreement, timing, heatmaps
 
 
 def model_identity(name: str, record: ModelRecord | None, teacher_seed: int) -> dict:

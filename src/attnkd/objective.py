@@ -9,13 +9,18 @@ the per-layer ones also per layer pair (`attn_kl/t3-s1`).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES, SEQ2SEQ_MAPS, LossConfig, resolve_layer_map
-from attnkd.models import FAMILY_KINDS, attention_layers, capture, layer_tensor, student_width
+from attnkd.models import capture, raw_outputs
 from attnkd.params import DistillParams, Params, StudentParams
-from attnkd.tasks import Task, get_task, raw_outputs
+from attnkd.students import get_family
+
+if TYPE_CHECKING:
+    from attnkd.tasks.base import Task
 
 Pairs = list[tuple[int, int]]
 CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models.capture)
@@ -23,8 +28,9 @@ CAPTURED = ("q", "k", "v", "scores")  # kinds read through forward hooks (models
 
 def loss_config(dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int) -> LossConfig:
     """The losses' config for a student architecture under this teacher and these distill params."""
+    family = get_family(sp.family)
     return LossConfig(temperature=dp.temperature, label_smoothing=dp.label_smoothing, head_policy=dp.head_policy, relation_heads=dp.relation_heads, attn_mse_on=dp.attn_mse_on,
-                      student_heads=1 if sp.family == "lstm" else sp.num_heads, student_width=student_width(sp), teacher_heads=teacher_heads,
+                      student_heads=family.heads(sp), student_width=family.width(sp), teacher_heads=teacher_heads,
                       teacher_width=teacher_width)
 
 
@@ -40,93 +46,49 @@ def wanted_tensors(weights: list[dict[str, float]], pairs: Pairs, attn_mse_on: s
     return {k: sorted({t for t, _ in pairs}) for k in sorted(kinds)}
 
 
-def store_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
+def store_plan(params: Params, teacher_config: dict, task: Task) -> dict[str, list[int]]:
     """What the signal store must hold: the tensors every configured method's losses read, for the
     teacher layers the layer map pairs with a layer of some student in distill.students.
 
-    Every (student, method) pair is checked first (`check_compatible`), so a loss that cannot pair
-    the models fails here, before extract or any student runs. teacher_config: the teacher's
-    config.json (depth, heads, width)."""
+    Every (student, method) pair is checked first (the family serves the task, `check_compatible`),
+    so a loss that cannot pair the models fails here, before extract or any student runs.
+    teacher_config: the teacher's config.json (depth, heads, width, as task.layer_shape reads them)."""
     dp = params.distill
-    if params.task == "translation":
-        return translation_plan(params, teacher_config)
-    teacher_layers, teacher_heads, teacher_width = (teacher_config[k] for k in ("num_hidden_layers", "num_attention_heads", "hidden_size"))
-    for name in dp.students:
-        if params.students[name].family == "lstm" and params.task != "classification":
-            raise UserError(f"students.{name}: family lstm classifies; task {params.task!r} needs a transformer student")
-        for method, weights in params.methods.items():
-            try:
-                check_compatible(weights.weights(), dp, params.students[name], teacher_heads, teacher_width, params.task)
-            except UserError as e:
-                raise UserError(f"students.{name} with methods.{method}: {e}") from None
-    pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, attention_layers(params.students[name]))})
+    teacher_layers, teacher_heads, teacher_width = task.layer_shape(teacher_config)
+    check_students(params, teacher_heads, teacher_width, task)
+    pairs = sorted({p for name in dp.students for p in resolve_layer_map(dp.layer_map, teacher_layers, get_family(params.students[name].family).layers(params.students[name]))})
     return wanted_tensors([m.weights() for m in params.methods.values()], pairs, dp.attn_mse_on)
 
 
-def translation_plan(params: Params, teacher_config: dict) -> dict[str, list[int]]:
-    """What an encoder-decoder teacher's store must hold (attnkd.pair_store): per method, on its
-    targets (the teacher's translations for a method with a teacher-targets loss, else the
-    references), the top-k for an output-level loss and, for a per-layer loss, the maps it reads
-    (cross-attention, encoder or decoder self-attention) of the layers the layer map pairs with
-    a student's: decoder layers, and for the encoder's maps the encoder layers of the same
-    numbers (which the teacher's encoder must have)."""
-    dp = params.distill
-    wanted: dict[str, set[int]] = {}
-    for name in dp.students:
+def check_students(params: Params, teacher_heads: int, teacher_width: int, task: Task) -> None:
+    """Every student of distill.students can train the task, and every method on it: else one
+    line naming the student (and the method)."""
+    for name in params.distill.students:
         sp = params.students[name]
-        if sp.family != "transformer":
-            raise UserError(f"students.{name}: family {sp.family} classifies; task translation trains transformer encoder-decoders")
-        pairs = resolve_layer_map(dp.layer_map, teacher_config["decoder_layers"], sp.num_layers)
+        problem = get_family(sp.family).serves(task)
+        if problem:
+            raise UserError(f"students.{name}: {problem}")
         for method, weights in params.methods.items():
-            w = weights.weights()
-            deepest = max(t for t, _ in pairs)
-            if any(LOSSES[k].source_queries for k in w) and deepest > teacher_config["encoder_layers"]:
-                raise UserError(f"methods.{method}: an encoder self-attention loss reads the teacher layers distill.layer_map pairs in the encoder too, "
-                                f"up to layer {deepest}, but the teacher has {teacher_config['encoder_layers']} encoder layers (teacher.seq2seq); "
-                                "map onto layers both stacks have (e.g. distill.layer_map: [[1, 1]])")
             try:
-                check_compatible(w, dp, sp, teacher_config["decoder_attention_heads"], teacher_config["d_model"], params.task)
+                check_compatible(weights.weights(), params.distill, sp, teacher_heads, teacher_width, task)
             except UserError as e:
                 raise UserError(f"students.{name} with methods.{method}: {e}") from None
-            target, kinds = seq2seq_wanted(w, pairs)
-            if target == "teacher":
-                wanted.setdefault("teacher/ids", set())
-            for kind, layers in kinds.items():
-                wanted.setdefault(f"{target}/{kind}", set()).update(layers)
-    return {k: sorted(v) for k, v in sorted(wanted.items())}
 
 
-def seq2seq_wanted(weights: dict[str, float], pairs: Pairs) -> tuple[str, dict[str, list[int]]]:
-    """An encoder-decoder method's targets ("teacher": its translations, for a loss with teacher
-    targets; else "reference") and what it reads of the teacher under them: "topk" for an
-    output-level loss, and each per-layer kind at the mapped teacher decoder layers."""
-    target = "teacher" if any(LOSSES[k].teacher_targets for k in weights) else "reference"
-    kinds: dict[str, list[int]] = {}
-    for k in weights:
-        loss = LOSSES[k]
-        if loss.per_layer:
-            for kind in loss.reads(LossConfig()):
-                kinds[kind] = sorted({t for t, _ in pairs})
-        elif not loss.gold:
-            kinds["topk"] = []
-    return target, kinds
-
-
-def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int,
-                     task: str = "classification") -> None:
+def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentParams, teacher_heads: int, teacher_width: int, task: Task) -> None:
     """Fail at load time, naming the params key, when a loss cannot pair these models or does not
-    apply to the task."""
+    apply to the task (losses.Loss.seq2seq against task.encoder_decoder)."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
-    seq2seq = task == "translation"
+    seq2seq = task.encoder_decoder
     for name in weights:
         applies = LOSSES[name].seq2seq
         if applies is not None and applies != seq2seq:
             fitting = [n for n, loss in LOSSES.items() if loss.seq2seq is None or loss.seq2seq == seq2seq]
-            raise UserError(f"methods: {name} is not a loss of task {task} (its losses: {', '.join(fitting)})")
+            raise UserError(f"methods: {name} is not a loss of task {task.name} (its losses: {', '.join(fitting)})")
     if seq2seq and any(LOSSES[n].teacher_targets for n in weights) and any(LOSSES[n].gold and not LOSSES[n].teacher_targets for n in weights):
         raise UserError(f"methods: {', '.join(weights)}: one loss trains on the teacher's translations and another on the references; "
                         "a method takes one of the two targets")
-    exposed = SEQ2SEQ_MAPS if seq2seq else FAMILY_KINDS[sp.family]
+    exposed = task.student_kinds(sp)
     for name in weights:
         lacking = [k for k in LOSSES[name].reads(cfg) if LOSSES[name].per_layer and k not in exposed]
         if lacking:
@@ -147,15 +109,17 @@ class Objective(torch.nn.Module):
     """
 
     def __init__(self, weights: dict[str, float], pairs: Pairs, dp: DistillParams, sp: StudentParams, teacher_width: int, teacher_heads: int,
-                 task: Task | None = None):
+                 task: Task):
         super().__init__()
-        self.weights, self.pairs, self.task = weights, pairs, task or get_task("classification")
+        self.weights, self.pairs, self.task = weights, pairs, task
         self.cfg = loss_config(dp, sp, teacher_width, teacher_heads)
         self.proj = torch.nn.ModuleDict()
-        if any(LOSSES[name].projects for name in weights) and student_width(sp) != teacher_width:
+        width = get_family(sp.family).width(sp)
+        if any(LOSSES[name].projects for name in weights) and width != teacher_width:
             for _, s in pairs:
-                self.proj[str(s)] = torch.nn.Linear(student_width(sp), teacher_width)
+                self.proj[str(s)] = torch.nn.Linear(width, teacher_width)
         self.kinds = layer_kinds(weights, self.cfg)
+        self.family = get_family(sp.family)  # reads the student's layer tensors
 
     def _pair_config(self, student_layer: int) -> LossConfig:
         if not self.proj:
@@ -182,7 +146,7 @@ class Objective(torch.nn.Module):
                 continue
             kinds = loss.reads(self.cfg)
             for tl, sl in self.pairs:
-                layer_s = {k: layer_tensor(k, sl, out, cap) for k in kinds}  # one accessor for both sides' layer conventions
+                layer_s = {k: self.family.layer_tensor(k, sl, out, cap) for k in kinds}  # the family's accessor of the layer convention
                 layer_t = {k: t[(k, tl)] for k in kinds}
                 queries = batch["attention_mask"] if loss.source_queries else mask  # (B, n) the source's, or the task's (B, T)
                 per_pair[f"{name}/t{tl}-s{sl}"] = loss.fn(layer_s, layer_t, queries, self._pair_config(sl))

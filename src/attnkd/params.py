@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from attnkd.errors import UserError
 from attnkd.losses import LOSSES
+from attnkd.plugins import FAMILIES, TASKS
 
 PACKAGED_MODEL = "all-MiniLM-L6-v2"
 
@@ -160,9 +161,9 @@ class TeacherParams(TrainingParams):
     seq2seq: Seq2SeqParams = Seq2SeqParams()  # task translation only: the teacher built from scratch
 
     def used(self, task: str) -> dict:
-        """The keys that build a teacher of the task (its record): translation builds from seq2seq
-        and reads no init; the other tasks start from init and have no seq2seq."""
-        return self.model_dump(exclude={"init"} if task == "translation" else {"seq2seq"})
+        """The keys that build a teacher of the task (its record): the task's `teacher_from` key
+        (init: a pretrained encoder; seq2seq: built from scratch), not the other."""
+        return self.model_dump(exclude={"seq2seq", "init"} - {TASKS[task].teacher_from})
 
 
 class ExtractParams(Section):
@@ -180,7 +181,7 @@ class StudentParams(Section):
     # lstm: a BiLSTM with attention pooling (classification): num_layers LSTM layers of
     # hidden_size units per direction over embedding_size-wide embeddings (0 = the teacher's
     # width); num_heads and intermediate_size do not apply; init teacher does not apply.
-    family: Literal["transformer", "lstm"] = "transformer"
+    family: str = "transformer"  # a name in attnkd.plugins.FAMILIES
     num_layers: PosInt = 2
     hidden_size: PosInt = 384
     embedding_size: Annotated[int, Field(ge=0)] = 0
@@ -195,6 +196,13 @@ class StudentParams(Section):
     train_embeddings: bool = True
     attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, name: str) -> str:
+        if name not in FAMILIES:
+            raise ValueError(f"{name!r} is not a student family (have {', '.join(FAMILIES)})")
+        return name
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> StudentParams:
@@ -298,7 +306,7 @@ Seed = Annotated[int, Field(ge=0)]
 
 
 class Params(Section):
-    task: str = "classification"  # a name in attnkd.tasks.TASKS: what the models predict
+    task: str = "classification"  # a name in attnkd.plugins.TASKS: what the models predict
     seed: Seed = 42  # splits and the teacher
     student_seeds: Annotated[list[Seed], Field(min_length=1), distinct("seed")] = [42, 43, 44]  # one student per seed and method
     data: DataParams = DataParams()
@@ -320,8 +328,6 @@ class Params(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        from attnkd.tasks import TASKS  # tasks import models, which import params
-
         if name not in TASKS:
             raise ValueError(f"{name!r} is not a task (have {', '.join(sorted(TASKS))})")
         return name
@@ -336,21 +342,20 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _transfer_for_classification(self) -> Params:
-        if self.task != "classification" and (self.augment.copies or self.data.labelled_fraction < 1 or self.data.unlabelled):
-            raise ValueError(f"augment.copies, data.labelled_fraction and data.unlabelled (a transfer set) apply to task classification, not {self.task!r}")
+        if not TASKS[self.task].transfer_set and (self.augment.copies or self.data.labelled_fraction < 1 or self.data.unlabelled):
+            takers = " or ".join(n for n, info in TASKS.items() if info.transfer_set)
+            raise ValueError(f"augment.copies, data.labelled_fraction and data.unlabelled (a transfer set) apply to task {takers}, not {self.task!r}")
         if self.data.unlabelled and (self.data.source != "files" or self.data.text_pair_column):
             raise ValueError("data.unlabelled (one text per line) needs data.source: files and single texts (no data.text_pair_column)")
         return self
 
     @model_validator(mode="after")
-    def _translation_data(self) -> Params:
-        if self.task != "translation":
-            return self
-        dp = self.data
-        if dp.source not in ("files", "hub") or not dp.source_lang or not dp.target_lang:
-            raise ValueError("task translation reads parallel text: data.source: files (data.dir) or hub (data.hub_name), "
-                             "data.source_lang and data.target_lang (e.g. en, de)")
-        if dp.source_lang == dp.target_lang:
+    def _task_data(self) -> Params:
+        info, dp = TASKS[self.task], self.data
+        if dp.source not in info.sources or any(not getattr(dp, key) for key in info.requires):
+            raise ValueError(f"task {self.task} reads data.source: {' or '.join(info.sources)}"
+                             + (f" and needs {' and '.join(f'data.{k}' for k in info.requires)} set" if info.requires else ""))
+        if dp.source_lang and dp.source_lang == dp.target_lang:
             raise ValueError("data.source_lang and data.target_lang must differ")
         return self
 

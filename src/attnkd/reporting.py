@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from attnkd.data import SPLITS
 from attnkd.io import atomic_write_text
 from attnkd.signals import LAYER_FILE
 from attnkd.stats import mean_std, paired_bootstrap, paired_bootstrap_corpus
 
 BASELINE = "ce"
 TEST_NAME = "two-level paired bootstrap (seeds and test examples resampled together)"
-LABELS = {"accuracy": "accuracy", "f1_macro": "F1 macro", "roc_auc": "ROC-AUC", "ece": "ECE"}  # classification's quality columns
-CLASSIFICATION = tuple(LABELS)
 
 
 def write_curve(path: Path, history: list[dict]) -> None:
@@ -37,7 +34,7 @@ def _stat(values: list[float]) -> dict[str, float | None]:
 
 
 def summarize(results: dict[str, dict], correct: dict[str, np.ndarray], groups: dict[str, list[str]], samples: int,
-              baselines: dict[str, str] | None = None, quality: tuple[str, ...] = CLASSIFICATION, main: str = "accuracy",
+              baselines: dict[str, str] | None = None, quality: tuple[str, ...] = ("accuracy",), main: str = "accuracy",
               statistic=None) -> dict[str, dict]:
     """Per method (and the teacher): mean and std over seeds of the quality (the task's `quality`
     metrics), efficiency and agreement figures, and against the ce student (when evaluated with 2+
@@ -106,7 +103,7 @@ def quality_table(summary: dict[str, dict], digits: int, labels: dict[str, str] 
         rows.append({
             "model": name,
             "seeds": s["seeds"],
-            **{label: pm(s[key], digits) for key, label in (labels or LABELS).items()},
+            **{label: pm(s[key], digits) for key, label in (labels or {main: main}).items()},
             f"{short} kept %": "-" if s[f"{main}_kept_pct"] is None else f"{s[f'{main}_kept_pct']:.1f}",
             f"Δ {short} vs ce, points [95% CI]": f"{100 * vs['delta']:+.1f} [{100 * vs['ci_low']:+.1f}, {100 * vs['ci_high']:+.1f}]" if vs else "-",
             "p vs ce": f"{vs['p_value']:.3g}" if vs else "-",
@@ -146,40 +143,6 @@ def seed_table(results: dict[str, dict], groups: dict[str, list[str]], digits: i
     for method, models in groups.items():
         rows.append({"model": method, **{f"seed {results[m]['seed']}": f"{results[m][main]:.{digits}f}" for m in models}})
     return pd.DataFrame(rows).fillna("-")
-
-
-def data_table(report: dict) -> pd.DataFrame:
-    """The data report as one row per split: where it came from, what cleaning dropped, balance, lengths."""
-    rows = []
-    for name in SPLITS:
-        s = report["splits"][name]
-        rows.append(
-            {
-                "split": name,
-                "examples": s["examples"],
-                "rows read": s.get("rows_read", "-"),
-                "empty": s.get("dropped_empty_text", "-"),
-                "no label": s.get("dropped_missing_label", "-"),
-                "duplicates": s.get("dropped_duplicates", "-"),
-                "classes": ", ".join(f"{k} {v}" for k, v in s["class_counts"].items()) + (f", unlabelled {s['unlabelled']}" if "unlabelled" in s else ""),
-                "tokens p50/p95/max": f"{s['tokens_p50']}/{s['tokens_p95']}/{s['tokens_max']}",
-                "truncated": f"{100 * s['truncated_fraction']:.1f}%",
-            }
-        )
-    return pd.DataFrame(rows)
-
-
-def data_note(report: dict) -> str:
-    overlap = report["train_rows_also_in_evaluation"]
-    sources = "; ".join(f"{k}: {report['splits'][k]['from']}" for k in SPLITS)
-    fallback = sum(s.get("decoded_as_cp1252", 0) for s in report["splits"].values())
-    return (
-        f"Task: {report['task']}; truncated at {report['max_length']} tokens. Sources: {sources}. "
-        f"Training rows also found in an evaluation split: {overlap['count']} ({'removed' if overlap['removed'] else 'kept'})."
-        + (f" Rows decoded as Windows-1252: {fallback}." if fallback else "")
-        + (" Unlabelled texts from {from}: {lines} lines, {added} added to the training split, {dropped_seen_or_repeated} already "
-           "in a split or repeated.".format(**report["unlabelled_file"]) if "unlabelled_file" in report else "")
-    )
 
 
 # ---------------------------------------------------------------------------- one document, two renderings
@@ -269,16 +232,6 @@ def reading(summary: dict[str, dict]) -> str:
     return text
 
 
-def student_shape(sp, task: str = "classification") -> str:
-    """A student architecture in words, as its family (and, for translation, the task) has it."""
-    if task == "translation":
-        return f"encoder-decoder, {sp.num_layers} + {sp.num_layers} layers, d_model {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
-    if sp.family == "lstm":
-        return (f"BiLSTM, {sp.num_layers} layer{'s' if sp.num_layers > 1 else ''} of {sp.hidden_size} units per direction, "
-                f"embeddings {sp.embedding_size or 'of the teacher width'}, attention pooling")
-    return f"{sp.num_layers} layers, hidden {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
-
-
 def examples_line(summary: dict[str, dict], params) -> str:
     """Few labels and the transfer set: how many training rows each row of the report saw per
     epoch, gold-labelled and unlabelled (labelled by the teacher only)."""
@@ -296,13 +249,8 @@ def examples_line(summary: dict[str, dict], params) -> str:
 
 
 def store_line(manifest) -> str:
-    """Where the students' teacher signals came from: the store (what, how big) or the teacher run
+    """Where the students' teacher signals came from (an encoder teacher's store, attnkd.signals): the store (what, how big) or the teacher run
     in distill for the tensors over the store's budget."""
-    if hasattr(manifest, "topk"):  # an encoder-decoder teacher's store (attnkd.pair_store)
-        size = sum(f.bytes for f in manifest.files.values())
-        stored = ", ".join(f"{k}" + (f" of decoder layers {ls}" if ls else "") for k, ls in manifest.tensors.items())
-        return (f"teacher signals: from the signal store, {manifest.num_examples} training pairs: {stored} (top-{manifest.topk}; translations "
-                f"{'greedy' if manifest.beam == 1 else f'beam {manifest.beam}'}; {size / 2**20:.1f} MiB, maps in {manifest.dtype})")
     layers = sum(f.bytes for n, f in manifest.files.items() if LAYER_FILE.match(n))
     stored = ", ".join(f"{k} of layers {ls}" for k, ls in manifest.tensors.items()) or "no layer tensors"
     text = (f"teacher signals: from the signal store, {manifest.num_examples} training examples: the teacher's outputs and {stored} "
@@ -340,12 +288,10 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     )
     doc.heading("Efficiency")
     doc.table(efficiency_table(summary))
-    seq2seq = params.task == "translation"
-    timed = "time to translate one sentence greedily (batch 1)" if seq2seq else "batch-1 forward time"
     doc.para(f"All models measured in one process on the same test examples, one CPU thread, repeats round-robin over the models: "
-             f"latency is the median {timed} over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
+             f"latency is the median {task.timing} over {params.evaluate.latency_examples} examples x {params.evaluate.latency_repeats}; "
              f"throughput the median over {params.evaluate.latency_repeats} passes of the first {params.evaluate.throughput_examples} examples "
-             f"in batches of {params.evaluate.batch_size}{' (sentences/s, greedy)' if seq2seq else ''}. Speed-up: teacher latency / model latency.")
+             f"in batches of {params.evaluate.batch_size}{task.throughput_unit}. Speed-up: teacher latency / model latency.")
     doc.figure("figures/accuracy_latency.png", images["accuracy_latency.png"], f"{capital} versus batch-1 latency: a dot per seed, a marker with ± std bars per method.")
     agreement = agreement_table(summary, digits)
     if len(agreement):
@@ -353,10 +299,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         doc.table(agreement)
         over = f"the first {params.evaluate.agreement_examples} test examples" if params.evaluate.agreement_examples else "the test split"
         doc.para("Mean Jensen-Shannon divergence (bits: 0 = the same attention, 1 = disjoint) between the student's and the teacher's "
-                 + (f"head-averaged cross-attention rows (each target token's alignment over the source), teacher-forced on the references of {over}, "
-                    "per mapped decoder-layer pair `t<teacher layer>-s<student layer>`." if seq2seq else
-                    f"attention rows over {over}, per mapped pair `t<teacher layer>-s<student layer>`; per head when the head counts "
-                    "match, else between head-averaged maps."))
+                 + task.agreement_note(over))
     for name, image in heatmaps.items():
         example = name.split("_")[1].split(".")[0]
         if name.startswith("pooling_"):
@@ -364,19 +307,11 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
                        f"first-seed student on test example {example} (first {rp.heatmap_tokens} tokens at most): the row its pooling learns from "
                        "in [CLS]-row transfer; one colour scale, proportional to the square root of the weight.")
             continue
-        if seq2seq:
-            doc.figure(f"figures/{name}", image, f"Head-averaged cross-attention (alignments) of the teacher and each method's first-seed student on test pair "
-                       f"{example}, teacher-forced on its reference (first {rp.heatmap_tokens} tokens at most; rows: target tokens, columns: source "
-                       "tokens), for each mapped decoder-layer pair; one colour scale per figure, proportional to the square root of the weight.")
-            continue
-        doc.figure(f"figures/{name}", image, f"Head-averaged attention of the teacher and each method's first-seed student on test example {example} "
-                   f"(first {rp.heatmap_tokens} tokens at most; rows: queries, columns: keys), for each mapped layer pair; one colour scale "
-                   f"per figure, proportional to the square root of the attention weight (so weak links stay visible beside [CLS] and [SEP]).")
+        doc.figure(f"figures/{name}", image, task.heatmap_caption(example, rp.heatmap_tokens))
     if examples is not None and len(examples):
         doc.heading("Example predictions")
         doc.table(examples)
-        doc.para("The first test sentences: source, reference and each model's translation (the first-seed student of each row)." if seq2seq else
-                 "The first test examples: the gold answers and each model's answer (the first-seed student of each row).")
+        doc.para(task.examples_note)
     if "per_class_f1" in next(iter(summary.values())):
         doc.heading("Per class (F1, mean over seeds)")
         doc.table(per_class_table(summary, digits))
@@ -393,14 +328,13 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
     doc.bullets([
         f"data: {meta.source}, " + (f"{len(meta.label_names)} classes ({', '.join(meta.label_names)}); " if meta.label_names else f"task {params.task}; ")
         + f"splits: {splits}; max length {meta.max_length} tokens",
-        *([f"teacher: encoder-decoder trained from scratch, {ts.encoder_layers} + {ts.decoder_layers} layers, d_model {ts.d_model}, {ts.heads} heads, "
-            f"feed-forward {ts.ffn}, label smoothing {ts.label_smoothing:g}"] if seq2seq and (ts := params.teacher.seq2seq) else []),
-        *(f"student `{name}`: {student_shape(sp, params.task)}, init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained")
+        *task.describe_teacher(params),
+        *(f"student `{name}`: {task.describe_student(sp)}, init `{sp.init}`" + ("" if sp.train_embeddings else ", word embeddings not trained")
           for name, sp in ((n, params.students[n]) for n in students)),
         f"layer map `{params.distill.layer_map}`; temperature {params.distill.temperature:g}; {params.distill.epochs} epochs, "
         f"batch {params.distill.batch_size}, learning rate {params.distill.learning_rate:g}",
         f"seeds: splits and teacher {params.seed}; students {', '.join(map(str, params.student_seeds))}",
-        *([store_line(store)] if store is not None else []),
+        *([task.describe_store(store)] if store is not None else []),
         *([examples_line(summary, params)] if any(s.get("examples", {}).get("unlabelled") for s in summary.values()) else []),
         *(f"`{m}`: " + ", ".join(f"{k} {v:g}" for k, v in params.methods[m].weights().items()) for m in methods),
     ])

@@ -3,8 +3,10 @@
 Layout of a store directory:
     manifest.json          what is stored and the sha256 of every file (checked before use)
     {output}.npy           the teacher's raw outputs, float32, as the task names them: per example
-                           (N, C) (classification: logits.npy), or per token, flat, example i's
-                           (n_i,) at offset sum_{j<i} n_j (span start/end logits)
+                           (N, C) (classification: logits.npy); per token, flat, example i's
+                           (n_i,) at offset sum_{j<i} n_j (span start/end logits); or a class
+                           distribution per token, (sum n, C), example i's (n_i, C) rows from
+                           row sum_{j<i} n_j (token classification: the manifest's token_classes)
     lengths.npy            (N,) int32 real-token count of each example
     {kind}_layer{l}.npy    flat array of one kind of tensor for teacher layer l (1-based):
                            square kinds (attn: probabilities, scores: Q K^T / sqrt(d)) store
@@ -25,6 +27,7 @@ from __future__ import annotations
 import mmap
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,29 +35,18 @@ from tqdm import tqdm
 
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, length_batches
-from attnkd.errors import UserError
-from attnkd.artifacts import FileInfo, SignalManifest, verify_files
-from attnkd.io import read_json, sha256_file
+from attnkd.artifacts import SignalManifest
+from attnkd.io import sha256_file
+from attnkd.store import NP_DTYPES, Store, decode, encode, list_files
+from attnkd.models import raw_outputs
+
+if TYPE_CHECKING:
+    from attnkd.tasks.base import Task
 
 FORMAT = "attnkd-signals/2"
 SQUARE = ("attn", "scores")  # (H, n, n) per example
 ROW = ("cls",)  # (n,) per example; every other kind is (n, D)
 LAYER_FILE = re.compile(r"^\w+_layer\d+\.npy$")
-NP_DTYPES = {"float16": np.float16, "float32": np.float32, "bfloat16": np.uint16}  # numpy has no bfloat16: raw bits
-
-
-def encode(x: np.ndarray, dtype: str) -> np.ndarray:
-    """float32 values in the storage dtype; bfloat16 as its 16 raw bits (round to nearest even)."""
-    if dtype == "bfloat16":
-        return torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-    return x.astype(NP_DTYPES[dtype])
-
-
-def decode(x: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored values back to float32 (exact for every storage dtype)."""
-    if dtype == "bfloat16":
-        return (x.astype(np.uint32) << 16).view(np.float32)
-    return x.astype(np.float32)
 
 
 def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarray:
@@ -66,18 +58,17 @@ def offsets(lengths: np.ndarray, kind: str, heads: int, width: int) -> np.ndarra
 
 @torch.no_grad()
 def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch_size: int, pad_id: int, out_dir: Path, describe: dict,
-            compute: Compute = CPU, task=None) -> SignalManifest:
+            task: Task, compute: Compute = CPU) -> SignalManifest:
     """Run the teacher once over `split` and write the store into `out_dir` (exists, empty).
 
     `wanted` maps a tensor kind to the teacher layers to store it for. The teacher's raw outputs
-    (the task's `outputs`, default classification logits) are stored in float32: an "example"
-    output as (N, C) `<name>.npy`, a "token" output ragged, (n_i,) per example. The teacher runs
+    (the task's `outputs`) are stored in float32: an "example" output as (N, C) `<name>.npy`, a
+    "token" output ragged, (n_i,) per example, a "token_classes" output ragged rows, (n_i, C) per
+    example. The teacher runs
     on compute.device at compute.precision; what is stored is in `dtype` whatever the precision.
     """
     from attnkd.data import collate
-    from attnkd.tasks import get_task
 
-    task = task or get_task("classification")
     model.eval()
     np_dtype = NP_DTYPES[dtype]
     heads, width = model.config.num_attention_heads, model.config.hidden_size
@@ -95,10 +86,12 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
         with compute.autocast():
             batch_outputs, tensors = online_batch(model, to_device(collate(split, idx, pad_id), compute.device), wanted, task)
         for name, value in batch_outputs.items():
-            x = value.cpu().numpy()  # (B, C) or (B, T)
-            per_example = task.outputs[name] == "example"
+            x = value.cpu().numpy()  # (B, C), (B, T) or (B, T, C)
+            layout = task.outputs[name]
+            per_example = layout == "example"
             if name not in outputs:  # allocated once, at the first batch (the width C is known then)
-                outputs[name] = np.zeros((len(split), x.shape[1]) if per_example else int(token_starts[-1]), dtype=np.float32)
+                shape = (len(split), x.shape[1]) if per_example else (int(token_starts[-1]), *x.shape[2:])  # (N, C), (sum n,) or (sum n, C)
+                outputs[name] = np.zeros(shape, dtype=np.float32)
             if per_example:
                 outputs[name][idx] = x
             else:
@@ -118,34 +111,11 @@ def extract(model, split: Split, wanted: dict[str, list[int]], dtype: str, batch
         np.save(out_dir / f"{name}.npy", arr)
     np.save(out_dir / "lengths.npy", lengths.astype(np.int32))
     listing = list_files(out_dir)
+    token_classes = sorted(n for n in outputs if task.outputs[n] == "token_classes") or None
     manifest = SignalManifest(format=FORMAT, num_examples=len(split), num_labels=int(model.config.num_labels), heads=heads, width=width, tensors=wanted,
-                              attn_kind="post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)", dtype=dtype, files=listing, **describe)
+                              attn_kind="post-softmax probabilities; scores are pre-softmax Q K^T / sqrt(d_head)", dtype=dtype, files=listing,
+                              token_classes=token_classes, **describe)
     manifest.write(out_dir)
-    return manifest
-
-
-def list_files(out_dir: Path) -> dict[str, FileInfo]:
-    """Every .npy file of a store being written, for its manifest: sha256, bytes, shape, dtype."""
-    listing = {}
-    for path in sorted(out_dir.glob("*.npy")):
-        arr = np.load(path, mmap_mode="r")
-        listing[path.name] = FileInfo(sha256=sha256_file(path), bytes=path.stat().st_size, shape=list(arr.shape), dtype=str(arr.dtype))
-    return listing
-
-
-def read_manifest(root: Path, manifest_type, fmt: str, verify: bool):
-    """A store's manifest (`manifest_type`: SignalManifest or PairManifest), refused when missing
-    or of another format; with `verify`, every listed file's size and sha256 checked."""
-    path = root / manifest_type.FILE
-    if not path.is_file():
-        raise UserError(f"{path}: signal store manifest not found (run `dvc repro extract`)")
-    found = read_json(path).get("format")
-    if found != fmt:
-        raise UserError(f"{path}: format {found!r} is not {fmt!r} (a store of another task?); re-run `dvc repro extract`")
-    manifest = manifest_type.read(root)
-    if verify:
-        verify_files(root, {n: f.sha256 for n, f in manifest.files.items()}, manifest_type.FILE, manifest_type.RERUN,
-                     sizes={n: f.bytes for n, f in manifest.files.items()})
     return manifest
 
 
@@ -181,12 +151,13 @@ def hooked_layers(wanted: dict[str, list[int]]) -> list[int]:
     return sorted({l for k, ls in wanted.items() if k in ("q", "k", "v", "scores") for l in ls})
 
 
-class SignalStore:
+class SignalStore(Store):
     """Read side of the store: verified on open, memory-mapped, gathered per batch."""
 
+    FORMAT = FORMAT
+
     def __init__(self, root: Path, verify: bool = True):
-        self.root = Path(root)
-        self.manifest = read_manifest(self.root, SignalManifest, FORMAT, verify)
+        super().__init__(root, verify)
         self.lengths = np.load(self.root / "lengths.npy").astype(np.int64)
         # the teacher's raw outputs: every listed file but the lengths and the layer tensors;
         # (N, C) per example, or flat (sum n,) per token
@@ -198,26 +169,20 @@ class SignalStore:
         self.starts = {k: offsets(self.lengths, k, self.heads, self.width) for k in self.tensors}
         self.files = {(k, l): np.load(self.root / f"{k}_layer{l}.npy", mmap_mode="r") for k, ls in self.tensors.items() for l in ls}
 
-    def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
-        """Refuse a store that lacks a tensor the losses need or came from other inputs or teacher."""
-        where = self.root / "manifest.json"
+    def missing(self, wanted: dict[str, list[int]]) -> str:
         for kind, layers in wanted.items():
-            missing = sorted(set(layers) - set(self.tensors.get(kind, [])) - set((self.manifest.online or {}).get(kind, [])))
-            if missing:
-                raise UserError(
-                    f"{where}: {kind!r} of teacher layers {missing} is not stored (has {self.tensors}); "
-                    "re-run `dvc repro extract` with the same distill and methods params"
-                )
-        if self.manifest.inputs_sha256 != inputs_sha256:
-            raise UserError(f"{where}: extracted from different prepared data; re-run `dvc repro extract`")
-        if self.manifest.teacher_sha256 != teacher_sha256:
-            raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
+            lacking = sorted(set(layers) - set(self.tensors.get(kind, [])) - set((self.manifest.online or {}).get(kind, [])))
+            if lacking:
+                return (f"{kind!r} of teacher layers {lacking} is not stored (has {self.tensors}); "
+                        "re-run `dvc repro extract` with the same distill and methods params")
+        return ""
 
     def batch(self, idx: np.ndarray, t: int, wanted: dict[str, list[int]] | None = None) -> tuple[torch.Tensor, dict[tuple[str, int], torch.Tensor]]:
-        """The teacher's raw outputs, (B, C) per example or zero-padded (B, t) per token, and per
+        """The teacher's raw outputs, (B, C) per example or zero-padded (B, t) per token or (B, t, C)
+        per token and class, and per
         wanted (kind, layer) (default: all), zero-padded (B, H, t, t) or (B, t, D). Only what is
         asked for is read from disk."""
-        outputs = {name: torch.from_numpy(self._output(arr, idx, t)) for name, arr in self.outputs.items()}
+        outputs = {name: torch.from_numpy(self._output(name, arr, idx, t)) for name, arr in self.outputs.items()}
         keys = self.files if wanted is None else [(k, l) for k, ls in wanted.items() for l in ls]
         out = {}
         for kind, l in keys:
@@ -236,10 +201,10 @@ class SignalStore:
         self._release()
         return outputs, out
 
-    def _output(self, arr: np.ndarray, idx: np.ndarray, t: int) -> np.ndarray:
-        if arr.ndim == 2:
+    def _output(self, name: str, arr: np.ndarray, idx: np.ndarray, t: int) -> np.ndarray:
+        if name not in (self.manifest.token_classes or []) and arr.ndim == 2:
             return np.asarray(arr[idx], dtype=np.float32)  # (B, C)
-        x = np.zeros((len(idx), t), dtype=np.float32)  # (B, t)
+        x = np.zeros((len(idx), t, *arr.shape[1:]), dtype=np.float32)  # (B, t) or (B, t, C)
         for row, i in enumerate(idx):
             x[row, : self.lengths[i]] = arr[self.token_starts[i] : self.token_starts[i + 1]]
         return x
@@ -254,29 +219,58 @@ class SignalStore:
                 mapping.madvise(mmap.MADV_DONTNEED)
 
 
+    def signals(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+        """The teacher's signals for a collated batch of these rows, on the batch's device (a signal source)."""
+        device = batch["input_ids"].device
+        outputs, tensors = self.batch(idx, batch["attention_mask"].shape[1], wanted)
+        return {k: v.to(device) for k, v in outputs.items()}, {k: v.to(device) for k, v in tensors.items()}
+
+
 @torch.no_grad()
-def online_batch(teacher, batch: dict, wanted: dict[str, list[int]], task=None) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+def online_batch(teacher, batch: dict, wanted: dict[str, list[int]], task: Task) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
     """The same signals as SignalStore.batch, from a teacher run on the batch now (eval mode).
 
     Padded positions hold whatever the teacher computed there; every loss masks them.
     """
     from attnkd.models import capture, forward, layer_tensor
-    from attnkd.tasks import get_task, raw_outputs
 
     teacher.eval()
     with capture(teacher, hooked_layers(wanted), scores="scores" in wanted) as cap:
         out = forward(teacher, batch, output_attentions=bool({"attn", "cls"} & set(wanted)), output_hidden_states="hidden" in wanted)
     tensors = {(k, l): layer_tensor(k, l, out, cap).float() for k, ls in wanted.items() for l in ls}
-    return {k: v.float() for k, v in raw_outputs(task or get_task("classification"), out).items()}, tensors
+    return {k: v.float() for k, v in raw_outputs(task, out).items()}, tensors
 
 
-def teacher_batch(source, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]], task=None) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
-    """The teacher's signals for one batch: read from a SignalStore (or a PairSource: an
-    encoder-decoder teacher's store), or from a teacher run now."""
-    if hasattr(source, "store"):  # pair_store.PairSource
-        return source.batch(idx, batch, wanted)
-    if isinstance(source, SignalStore):
-        device = batch["input_ids"].device
-        outputs, tensors = source.batch(idx, batch["attention_mask"].shape[1], wanted)
-        return {k: v.to(device) for k, v in outputs.items()}, {k: v.to(device) for k, v in tensors.items()}
-    return online_batch(source, batch, wanted, task)
+class Online:
+    """A signal source that runs the teacher on every batch (distill.signals: online)."""
+
+    def __init__(self, teacher, task: Task):
+        self.teacher, self.task = teacher.eval(), task
+
+    def signals(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+        return online_batch(self.teacher, batch, wanted, self.task)
+
+
+def write_store(params, teacher_dir: Path, meta, train: Split, planned: dict[str, list[int]], out: Path, compute: Compute, task: Task) -> str:
+    """The extract stage for an encoder teacher: the planned tensors that fit extract.max_gb (the
+    rest left to distill, online), written atomically into `out`; its summary line."""
+    from attnkd.data import ids_digest
+    from attnkd.models import load_model, load_tokenizer, weights_file
+    from attnkd.io import atomic_dir
+
+    model = load_model(teacher_dir, task).to(compute.device)
+    pad_id = load_tokenizer(teacher_dir).pad_token_id
+    max_bytes = int(params.extract.max_gb * 2**30)
+    wanted, online = within_budget(train.lengths, planned, model.config.num_attention_heads, model.config.hidden_size, params.extract.dtype, max_bytes)
+    describe = {
+        "split": "train",
+        "teacher_sha256": sha256_file(weights_file(teacher_dir)),
+        "inputs_sha256": ids_digest(train.input_ids),
+        "max_length": meta.max_length,
+        "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
+    } | ({"online": online, "max_bytes": max_bytes} if online else {})
+    with atomic_dir(out) as tmp:
+        manifest = extract(model, train, wanted, params.extract.dtype, params.extract.batch_size, pad_id, tmp, describe, task, compute)
+    size = sum(f.bytes for f in manifest.files.values())
+    left = f"; over extract.max_gb {params.extract.max_gb:g}, left to distill (online): {online}" if online else ""
+    return f"extract: {len(train)} examples, {wanted}, {size / 2**20:.1f} MiB -> {out}{left}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,7 +26,9 @@ from attnkd.checkpoint import Checkpoints, rng_state, set_rng_state
 from attnkd.compute import CPU, Compute, to_device
 from attnkd.data import Split, length_batches, padded_fraction
 from attnkd.errors import UserError
-from attnkd.tasks import Task
+
+if TYPE_CHECKING:
+    from attnkd.tasks.base import Task
 
 # (model, batch, example indices) -> unweighted loss terms and the weighted total
 StepLoss = Callable[[torch.nn.Module, dict, np.ndarray], tuple[torch.Tensor, dict[str, torch.Tensor]]]

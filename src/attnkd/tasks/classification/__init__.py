@@ -20,11 +20,10 @@ from attnkd.data import Split
 from attnkd.errors import UserError
 from attnkd.artifacts import PreparedMeta, SplitInfo
 from attnkd.io import sha256_file
-from attnkd.metrics import calibration_error, classification_metrics, confusion, per_class
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
-from attnkd.reporting import LABELS, data_note, data_table
-from attnkd.tasks import EncoderTask, View, predict_rows
+from attnkd.tasks.base import EncoderTask, View, predict_rows
+from attnkd.tasks.classification.scores import LABELS, calibration_error, classification_metrics, confusion, data_note, data_table, per_class
 
 
 def read_source(dp: DataParams, root: Path) -> dict[str, sources.RawSplit]:
@@ -191,3 +190,6 @@ class Classification(EncoderTask):
 
     def examples(self, frames: dict[str, pd.DataFrame], k: int) -> None:
         return None  # the confusion matrices and per-class scores say more
+
+
+TASK = Classification()

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from attnkd.translation import BOS, EOS, PAD, SPECIALS
+from attnkd.tasks.translation.text import BOS, EOS, PAD, SPECIALS
 
 PAD_ID, BOS_ID, EOS_ID = (SPECIALS.index(t) for t in (PAD, BOS, EOS))
 IGNORE = -1  # the label of a padded target position

@@ -4,7 +4,7 @@ A feature is a sentence pair: `input_ids` the source's subword ids then </s>, an
 column `target_ids` the target's then </s> (both cut at `data.max_length`), over one joint
 byte-level BPE vocabulary that prepare trains on the training split and saves in the prepared
 data (`tokenizer/`, a Hugging Face tokenizer dir every model then carries). The teacher is an
-encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.seq2seq) with
+encoder-decoder built from `teacher.seq2seq` and trained from scratch (attnkd.tasks.translation.model) with
 label-smoothed cross-entropy. Raw output: `logits` (B, m, V) under teacher forcing; view: one row
 per real target position, (R, V) (a stored teacher's: its top-k ids and log-probabilities, (R, k)),
 and targets the gold token of each, so the registry's `ce` and `kd` are word-level. Predictions
@@ -22,15 +22,17 @@ import pandas as pd
 import torch
 
 from attnkd import data, sources
-from attnkd.artifacts import PreparedMeta, SplitInfo
+from attnkd.artifacts import PreparedMeta, SignalManifest, SplitInfo
 from attnkd.compute import CPU, Compute
 from attnkd.data import Split
 from attnkd.errors import UserError
 from attnkd.io import sha256_file
+from attnkd.losses import SEQ2SEQ_MAPS
 from attnkd.params import Params
-from attnkd.seq2seq import Architecture, build_model, collate_pairs, cut, forward, label_smoothed_ce, translate
-from attnkd.tasks import View
-from attnkd.translation import BOS, EOS, PAD, UNK, Parallel, bleu_from_stats, bleu_stats, read_hub_parallel, read_parallel, score, train_tokenizer
+from attnkd.tasks.translation.model import Architecture, build_model, collate_pairs, cut, forward, label_smoothed_ce, translate
+from attnkd.tasks.base import TaskBase, View
+from attnkd.tasks.translation import hooks
+from attnkd.tasks.translation.text import BOS, EOS, PAD, UNK, Parallel, bleu_from_stats, bleu_stats, read_hub_parallel, read_parallel, score, train_tokenizer
 
 TOKENIZER_DIR = "tokenizer"  # in the prepared data: the joint vocabulary
 
@@ -64,7 +66,7 @@ def token_stats(ids: list[np.ndarray], full: list[int], max_length: int, side: s
             f"{side}_tokens_max": int(lengths.max()), f"{side}_truncated": int(sum(n + 1 > max_length for n in full))}
 
 
-class Translation:
+class Translation(TaskBase):
     name = "translation"
     select_by = "chrf"  # corpus chrF: smoother than BLEU on small or young models (BLEU is 0 until 4-grams match)
     compare_by = "bleu"  # corpus BLEU: what the report's Δ and p are in (the figure of the anchors)
@@ -74,6 +76,7 @@ class Translation:
     short = "BLEU"
     headline = {"bleu": "bleu", "chrf": "chrf"}
     model_types = ("marian",)
+    encoder_decoder = True
 
     def __init__(self, tokenizer=None, beam: int = 1):
         self.tokenizer = tokenizer  # the prepared data's (bind): decodes predictions
@@ -88,6 +91,61 @@ class Translation:
     def searching(self, beam: int) -> Translation:
         """The task whose predictions are beam search translations of this size (1 = greedy)."""
         return Translation(self.tokenizer, beam)
+
+    def for_evaluation(self, ep) -> Translation:
+        return self.searching(ep.beam)  # evaluate.beam
+
+    # the pipeline's capabilities: an encoder-decoder teacher's store, run and measures (hooks)
+    def layer_shape(self, teacher_config: dict) -> tuple[int, int, int]:
+        return teacher_config["decoder_layers"], teacher_config["decoder_attention_heads"], teacher_config["d_model"]
+
+    def student_kinds(self, sp) -> tuple[str, ...]:
+        return SEQ2SEQ_MAPS  # an encoder-decoder student's cross-, encoder and decoder self-attention
+
+    def plan_store(self, params: Params, teacher_config: dict) -> dict[str, list[int]]:
+        return hooks.translation_plan(params, teacher_config, self)
+
+    def write_store(self, params: Params, teacher_dir: Path, meta: PreparedMeta, train: Split, planned: dict, out: Path, compute: Compute) -> str:
+        return hooks.write_store(params, teacher_dir, meta, train, planned, out, compute)
+
+    def open_store(self, root: Path):
+        from attnkd.tasks.translation.store import PairStore
+
+        return PairStore(root)
+
+    def read_manifest(self, root: Path):
+        return SignalManifest.read(root)
+
+    def assemble(self, params: Params, student: str, method: str, seed: int, teacher, store, expect=None):
+        return hooks.assemble_seq2seq(params, student, method, seed, teacher, store, expect, self)
+
+    def measure(self, models, students, records, groups, test, meta, tokenizer, params) -> tuple[dict, dict, list]:
+        return hooks.translation_measures(models, students, records, groups, test, meta, self, tokenizer, params)
+
+    # the report's words
+    timing = "time to translate one sentence greedily (batch 1)"
+    throughput_unit = " (sentences/s, greedy)"
+    examples_note = "The first test sentences: source, reference and each model's translation (the first-seed student of each row)."
+
+    def agreement_note(self, over: str) -> str:
+        return (f"head-averaged cross-attention rows (each target token's alignment over the source), teacher-forced on the references of {over}, "
+                "per mapped decoder-layer pair `t<teacher layer>-s<student layer>`.")
+
+    def heatmap_caption(self, example: str, tokens: int) -> str:
+        return (f"Head-averaged cross-attention (alignments) of the teacher and each method's first-seed student on test pair "
+                f"{example}, teacher-forced on its reference (first {tokens} tokens at most; rows: target tokens, columns: source "
+                "tokens), for each mapped decoder-layer pair; one colour scale per figure, proportional to the square root of the weight.")
+
+    def describe_student(self, sp) -> str:
+        return f"encoder-decoder, {sp.num_layers} + {sp.num_layers} layers, d_model {sp.hidden_size}, {sp.num_heads} heads, feed-forward {sp.intermediate_size}"
+
+    def describe_teacher(self, params: Params) -> list[str]:
+        ts = params.teacher.seq2seq
+        return [f"teacher: encoder-decoder trained from scratch, {ts.encoder_layers} + {ts.decoder_layers} layers, d_model {ts.d_model}, {ts.heads} heads, "
+                f"feed-forward {ts.ffn}, label smoothing {ts.label_smoothing:g}"]
+
+    def describe_store(self, manifest) -> str:
+        return hooks.store_line(manifest)
 
     def model_class(self) -> type:
         from transformers import MarianMTModel
@@ -271,3 +329,6 @@ class Translation:
         for name, frame in frames.items():
             out[name] = frame["translation"].head(k).fillna("").to_numpy()
         return out
+
+
+TASK = Translation()

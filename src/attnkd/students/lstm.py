@@ -94,3 +94,69 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
 
 
 AutoConfig.register(MODEL_TYPE, BiLSTMConfig)
+
+
+def build_bilstm(teacher, sp) -> BiLSTMForSequenceClassification:
+    """A BiLSTM student of the teacher's vocabulary and labels; with init embeddings, its word
+    embeddings are the teacher's (projected onto their top principal directions when narrower)."""
+    from transformers import BertForSequenceClassification
+
+    from attnkd.errors import UserError
+    from attnkd.models import principal_projection
+
+    tc = teacher.config
+    if not isinstance(teacher, BertForSequenceClassification):
+        raise UserError(f"students: family lstm classifies, and this teacher is a {type(teacher).__name__}: use a transformer student")
+    width = sp.embedding_size or tc.hidden_size
+    if sp.init == "embeddings" and width > tc.hidden_size:
+        raise UserError(f"students: init 'embeddings' needs embedding_size <= the teacher's {tc.hidden_size} (got {width}); use init: random")
+    config = BiLSTMConfig(vocab_size=tc.vocab_size, embedding_size=width, hidden_size=sp.hidden_size, num_layers=sp.num_layers,
+                          dropout=sp.hidden_dropout, num_labels=tc.num_labels, id2label=tc.id2label, label2id=tc.label2id,
+                          pad_token_id=tc.pad_token_id)
+    student = BiLSTMForSequenceClassification(config)
+    if sp.init == "embeddings":
+        words = teacher.get_input_embeddings().weight.detach()  # (V, H_t)
+        with torch.no_grad():
+            student.embeddings.weight.copy_(words if width == tc.hidden_size else words @ principal_projection(words, width))
+    return student
+
+
+class LSTM:
+    """The BiLSTM family: one attention-pooling layer over the top BiLSTM outputs (layer 1 of the
+    layer map: its pooling row and its per-token states), for tasks with one output row per example."""
+
+    name = "lstm"
+    kinds = ("cls", "hidden")
+    attention = "row"
+
+    def layers(self, sp) -> int:
+        return 1
+
+    def width(self, sp) -> int:
+        return 2 * sp.hidden_size  # both directions
+
+    def heads(self, sp) -> int:
+        return 1
+
+    def serves(self, task) -> str:
+        if set(task.outputs.values()) == {"example"}:
+            return ""
+        return f"family lstm classifies (a BiLSTM has one output row per example); task {task.name!r} needs a transformer student"
+
+    def build(self, teacher, sp, pairs: list[tuple[int, int]], seed: int) -> BiLSTMForSequenceClassification:
+        return build_bilstm(teacher, sp)
+
+    def describe(self, sp) -> str:
+        return (f"BiLSTM, {sp.num_layers} layer{'s' if sp.num_layers > 1 else ''} of {sp.hidden_size} units per direction, "
+                f"embeddings {sp.embedding_size or 'of the teacher width'}, attention pooling")
+
+    def layer_tensor(self, kind: str, layer: int, out, cap: dict) -> torch.Tensor:
+        if kind == "cls":
+            return out.pooling  # (B, T): the attention-pooling row
+        return out.hidden_states[layer]  # (B, T, 2H): the top BiLSTM outputs (hidden_states[0] is the embeddings)
+
+    def load(self, model_dir) -> BiLSTMForSequenceClassification:
+        return BiLSTMForSequenceClassification.from_pretrained(str(model_dir))
+
+
+FAMILY = LSTM()

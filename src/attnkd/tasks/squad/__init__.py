@@ -4,7 +4,7 @@ A feature is a window of question + context (`data.max_length` tokens, consecuti
 question overlapping by `data.doc_stride` context tokens); its target is the answer's [start, end]
 tokens, or [0, 0] ([CLS]) when the answer is not wholly inside. Raw outputs: `start_logits` and
 `end_logits` (B, T), stored per token. View: a start row and an end row per window, (2B, T), with
-the question and padding masked and [CLS] kept (`attnkd.squad.span_rows`), so the registry's `ce`
+the question and padding masked and [CLS] kept (`attnkd.tasks.squad.reading.span_rows`), so the registry's `ce`
 is the span cross-entropy and `kd` span KD with T^2. Predictions are the windows' start and end
 scores; an answer per question merges its windows (the best start + end within the context and
 MAX_ANSWER_TOKENS); the scores are the official v1.1 exact match and F1, as fractions.
@@ -27,8 +27,8 @@ from attnkd.errors import UserError
 from attnkd.io import sha256_file
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
-from attnkd.squad import Question, best_answer, exact_match, f1, hub_document, parse_squad, read_squad, span_rows, split_by_article, windows
-from attnkd.tasks import EncoderTask, View, predict_rows
+from attnkd.tasks.squad.reading import Question, best_answer, exact_match, f1, hub_document, parse_squad, read_squad, span_rows, split_by_article, windows
+from attnkd.tasks.base import EncoderTask, View, predict_rows
 
 MAX_ANSWER_TOKENS = 30  # the longest answer a prediction may give (BERT's and HF's SQuAD default)
 FILL = -1e4  # the score of a masked or padded position
@@ -229,3 +229,6 @@ class Squad(EncoderTask):
         for name, frame in frames.items():
             out[name] = frame["predicted"].head(k).fillna("").to_numpy()
         return out
+
+
+TASK = Squad()

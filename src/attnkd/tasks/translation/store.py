@@ -28,12 +28,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from attnkd.artifacts import PairManifest
+from attnkd.artifacts import SignalManifest
 from attnkd.compute import to_device
 from attnkd.data import Split, length_batches
-from attnkd.errors import UserError
-from attnkd.seq2seq import EOS_ID, collate_pairs, forward, pad_topk, teacher_topk, translate
-from attnkd.signals import NP_DTYPES, decode, encode, list_files, read_manifest
+from attnkd.tasks.translation.model import EOS_ID, collate_pairs, forward, pad_topk, teacher_topk, translate
+from attnkd.store import NP_DTYPES, Store, decode, encode, list_files
 
 FORMAT = "attnkd-pair-signals/1"
 TARGETS = ("reference", "teacher")
@@ -58,7 +57,7 @@ def targets_of(split: Split, target: str, translations: list[np.ndarray] | None)
 
 @torch.no_grad()
 def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, beam: int, dtype: str, batch_size: int, out_dir: Path,
-                  describe: dict, device="cpu") -> PairManifest:
+                  describe: dict, device="cpu") -> SignalManifest:
     """Run the teacher over the training pairs and write the store into `out_dir` (exists,
     empty): its translations first when a "teacher/..." entry is wanted (greedy, or beam search
     of `beam`), then, per target, teacher forcing over length-sorted batches for the top-k and the
@@ -106,18 +105,20 @@ def extract_pairs(model, split: Split, wanted: dict[str, list[int]], topk: int, 
         for f in files.values():
             f.flush()
         del files
-    manifest = PairManifest(format=FORMAT, num_examples=len(split), heads=heads, topk=topk, beam=beam, dtype=dtype,
+    manifest = SignalManifest(format=FORMAT, num_examples=len(split), heads=heads, topk=topk, beam=beam, dtype=dtype,
                             tensors={k: sorted(v) for k, v in sorted(wanted.items())}, files=list_files(out_dir), **describe)
     manifest.write(out_dir)
     return manifest
 
 
-class PairStore:
+class PairStore(Store):
     """Read side: verified on open, memory-mapped, gathered per batch and zero-padded."""
 
+    FORMAT = FORMAT
+    UNIT = "pairs"
+
     def __init__(self, root: Path, verify: bool = True):
-        self.root = Path(root)
-        self.manifest = read_manifest(self.root, PairManifest, FORMAT, verify)
+        super().__init__(root, verify)
         load = lambda name: np.load(self.root / name, mmap_mode="r")  # noqa: E731
         self.n = np.load(self.root / "source_lengths.npy").astype(np.int64)
         self.m = {t: np.load(self.root / f"{t}_lengths.npy").astype(np.int64) for t in TARGETS if (self.root / f"{t}_lengths.npy").is_file()}
@@ -125,16 +126,11 @@ class PairStore:
         self.map_at = {t: map_starts(self.manifest.heads, m, self.n) for t, m in self.m.items()}
         self.files = {name: load(name) for name in self.manifest.files if name not in ("source_lengths.npy", *(f"{t}_lengths.npy" for t in TARGETS))}
 
-    def require(self, wanted: dict[str, list[int]], inputs_sha256: str, teacher_sha256: str) -> None:
-        """Refuse a store that lacks what the method reads or came from other pairs or another teacher."""
-        where = self.root / PairManifest.FILE
+    def missing(self, wanted: dict[str, list[int]]) -> str:
         for key, layers in wanted.items():
             if key not in self.manifest.tensors or not set(layers) <= set(self.manifest.tensors[key]):
-                raise UserError(f"{where}: {key} {layers or ''} is not stored (has {self.manifest.tensors}); re-run `dvc repro extract`")
-        if self.manifest.inputs_sha256 != inputs_sha256:
-            raise UserError(f"{where}: extracted from different prepared data; re-run `dvc repro extract`")
-        if self.manifest.teacher_sha256 != teacher_sha256:
-            raise UserError(f"{where}: extracted from a different teacher; re-run `dvc repro extract`")
+                return f"{key} {layers or ''} is not stored (has {self.manifest.tensors}); re-run `dvc repro extract`"
+        return ""
 
     def translations(self) -> list[np.ndarray]:
         """The teacher's translation of every training source (ids, </s> last)."""
@@ -165,12 +161,12 @@ class PairStore:
 
 class PairSource:
     """What one method reads of a PairStore: the signals under its targets, per batch, in the
-    shapes distill's objective takes (signals.teacher_batch's)."""
+    shapes distill's objective takes (a signal source, as signals.SignalStore.signals)."""
 
     def __init__(self, store: PairStore, target: str):
         self.store, self.target = store, target
 
-    def batch(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
+    def signals(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
         """({"topk_ids", "topk_logp"} when stored for the target, {(kind, l): the map}: ("cross", l) (B, H, m, n) ...)."""
         keys = {f"{self.target}/{kind}": layers for kind, layers in wanted.items()}
         got = self.store.batch(idx, self.target, keys, batch["decoder_input_ids"].shape[1], batch["input_ids"].shape[1])
