@@ -79,13 +79,13 @@ def check_compatible(weights: dict[str, float], dp: DistillParams, sp: StudentPa
     """Fail at load time, naming the params key, when a loss cannot pair these models or does not
     apply to the task (losses.Loss.seq2seq against task.encoder_decoder)."""
     cfg = loss_config(dp, sp, teacher_width, teacher_heads)
-    seq2seq = task.encoder_decoder
+    encoder_decoder = task.encoder_decoder
     for name in weights:
         applies = LOSSES[name].seq2seq
-        if applies is not None and applies != seq2seq:
-            fitting = [n for n, loss in LOSSES.items() if loss.seq2seq is None or loss.seq2seq == seq2seq]
+        if applies is not None and applies != encoder_decoder:
+            fitting = [n for n, loss in LOSSES.items() if loss.seq2seq is None or loss.seq2seq == encoder_decoder]
             raise UserError(f"methods: {name} is not a loss of task {task.name} (its losses: {', '.join(fitting)})")
-    if seq2seq and any(LOSSES[n].teacher_targets for n in weights) and any(LOSSES[n].gold and not LOSSES[n].teacher_targets for n in weights):
+    if encoder_decoder and any(LOSSES[n].teacher_targets for n in weights) and any(LOSSES[n].gold and not LOSSES[n].teacher_targets for n in weights):
         raise UserError(f"methods: {', '.join(weights)}: one loss trains on the teacher's translations and another on the references; "
                         "a method takes one of the two targets")
     exposed = task.student_kinds(sp)
