@@ -1,50 +1,19 @@
 """Sharing through real servers started on 127.0.0.1: DVC remotes (a local directory, and SSH
-against a real sshd with dvc-ssh), and a real `mlflow server` receiving a stage's run."""
+against a real sshd with dvc-ssh). A real `mlflow server` receiving a stage's run: test_tracking.py."""
 
 from __future__ import annotations
 
 import getpass
 import os
 import shutil
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
-import mlflow
 import pytest
 
-from conftest import run_script, sh
+from conftest import free_port, sh, stop, wait_for_port
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, seconds: float = 60) -> None:
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.3)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {seconds} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
 
 
 @pytest.fixture(scope="module")
@@ -121,38 +90,3 @@ def test_ssh_remote_round_trip(published, tmp_path, sshd):
     log = round_trip(root, env, [url, "user", sshd["user"], "keyfile", str(sshd["key"])], tmp_path / "clone")
     assert "Running stage" not in log and "Data and pipelines are up to date" in log
     assert any((tmp_path / "ssh-store").rglob("*")), "nothing arrived on the SSH side"
-
-
-@pytest.fixture
-def mlflow_server(tmp_path):
-    port = free_port()
-    store = tmp_path / "mlflow-server"
-    store.mkdir()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}", "--artifacts-destination", str(store / "artifacts")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=store)
-    try:
-        wait_for_port(port, proc, seconds=120)
-        yield f"http://127.0.0.1:{port}", store
-    finally:
-        stop(proc)
-
-
-def test_training_stage_logs_to_a_real_mlflow_server(tmp_path, params_file, mlflow_server, monkeypatch):
-    uri, store = mlflow_server
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    monkeypatch.setenv("DVC_EXP_NAME", "server-check")
-    assert run_script("prepare", "--params", params_file, "--out", tmp_path / "prepared", "--report", tmp_path / "data.json") == 0
-    assert run_script("teacher", "--params", params_file, "--prepared", tmp_path / "prepared", "--out", tmp_path / "teacher",
-                      "--metrics", tmp_path / "teacher.json", "--curve", tmp_path / "teacher.tsv") == 0
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    runs = client.search_runs([client.get_experiment_by_name("attnkd").experiment_id])
-    assert [r.info.run_name for r in runs] == ["teacher"]
-    run = runs[0]
-    assert run.data.params["teacher.epochs"] == "1" and "val/accuracy" in run.data.metrics and "train/ce" in run.data.metrics
-    tags = run.data.tags
-    assert tags["dvc.stage"] == "teacher" and tags["dvc.experiment"] == "server-check" and tags["seed"] == "42"
-    assert len(tags["git.commit"]) >= 7 and tags["version.torch"] and tags["version.transformers"]
-    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"teacher.tsv", "attnkd.json"}
-    assert any((store / "artifacts").rglob("teacher.tsv"))  # stored by the server, not beside the client
-    assert not (tmp_path / "mlflow.db").exists()
