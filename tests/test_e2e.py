@@ -201,7 +201,7 @@ def test_queued_experiment_logs_to_the_repo_store_and_diffs(repo):
         status = sh(["dvc", "queue", "status"], root, env)
         if "q3" in status and ("Success" in status or "Failed" in status):
             break
-        time.sleep(3)
+        time.sleep(1)
     if "Running" in status:
         sh(["dvc", "queue", "stop", "--kill"], root, env)
     assert "Success" in status, status + sh(["dvc", "queue", "logs", "q3"], root, env)
