@@ -1,11 +1,13 @@
 """Where runs go: the repository's store, also from DVC's experiment copies; a real `mlflow
 server` on 127.0.0.1 receiving a stage's run."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 
 from attnkd.tracking import store_root, tracking_uri
@@ -53,6 +55,9 @@ def test_training_stage_logs_to_a_real_mlflow_server(tmp_path, params_file, mlfl
     assert [r.info.run_name for r in runs] == ["teacher"]
     run = runs[0]
     assert run.data.params["teacher.epochs"] == "1" and "val/accuracy" in run.data.metrics and "train/ce" in run.data.metrics
+    assert run.data.metrics["best/val_accuracy"] == json.loads((tmp_path / "teacher.json").read_text())["val_accuracy"]  # logged last, as the run closes
+    steps = int(pd.read_csv(tmp_path / "teacher.tsv", sep="\t")["steps"].sum())
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")] == list(range(1, steps + 1))  # every step, none lost in the buffer
     tags = run.data.tags
     assert tags["dvc.stage"] == "teacher" and tags["dvc.experiment"] == "server-check" and tags["seed"] == "42"
     assert len(tags["git.commit"]) >= 7 and tags["version.torch"] and tags["version.transformers"]

@@ -151,6 +151,9 @@ MUTANTS = [
     *group("src/attnkd/signals.py", ("tests/test_tasks.py",),
            ("token_outputs_read_one_token_late", "x[row, : self.lengths[i]] = arr[self.token_starts[i] : self.token_starts[i + 1]]",
             "x[row, 1 : self.lengths[i] + 1] = arr[self.token_starts[i] : self.token_starts[i + 1]][: t - 1]")),
+    # tracking: the buffered per-step metrics reach the store when the run closes
+    *group("src/attnkd/tracking.py", ("tests/test_tracking.py",),
+           ("run_metrics_left_in_the_buffer", "            run.flush()", "            pass")),
     # the package's layering: a generic module that imports the task interface back closes a cycle
     *group("src/attnkd/signals.py", ("tests/test_imports.py",),
            ("import_cycle_through_the_task_interface", "from attnkd.models import raw_outputs", "from attnkd.tasks.base import raw_outputs")),

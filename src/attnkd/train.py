@@ -136,6 +136,7 @@ def fit(model, task: Task, train: Split, val: Split, budget: Budget, step_loss: 
     def save() -> None:
         if not compute.main:
             return
+        run.flush()  # the run's metrics up to this step are in the store before a resume continues it
         ckpt.save({
             "step": step, "epoch_sums": sums, "epoch_steps": n_steps, "history": history, "best": best, "best_state": best_state,
             "model": trainable.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(), "run_id": run.id,
