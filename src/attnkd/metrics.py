@@ -81,6 +81,7 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
         model.eval()
     sums = {name: {} for name in students}
     counts = dict.fromkeys(students, 0)
+    families = {name: family_of(model) for name, (model, _) in students.items()}
     for idx in length_batches(split.lengths, batch_size):
         b = collate(split, idx, pad_id)
         rows = b["attention_mask"].bool()  # (B, T) real query tokens
@@ -88,7 +89,7 @@ def attention_agreement(teacher, students: dict[str, tuple[torch.nn.Module, list
         att_t = out_t.attentions
         for name, (model, pairs) in students.items():
             out = forward(model, b, output_attentions=True)
-            family = family_of(model)
+            family = families[name]
             pooled = family.attention == "row"
             counts[name] += len(idx) if pooled else int(rows.sum())
             for t_layer, s_layer in pairs:

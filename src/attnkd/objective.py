@@ -113,13 +113,13 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.weights, self.pairs, self.task = weights, pairs, task
         self.cfg = loss_config(dp, sp, teacher_width, teacher_heads)
+        self.family = get_family(sp.family)  # reads the student's layer tensors
         self.proj = torch.nn.ModuleDict()
-        width = get_family(sp.family).width(sp)
+        width = self.cfg.student_width
         if any(LOSSES[name].projects for name in weights) and width != teacher_width:
             for _, s in pairs:
                 self.proj[str(s)] = torch.nn.Linear(width, teacher_width)
         self.kinds = layer_kinds(weights, self.cfg)
-        self.family = get_family(sp.family)  # reads the student's layer tensors
 
     def _pair_config(self, student_layer: int) -> LossConfig:
         if not self.proj:

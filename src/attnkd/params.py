@@ -176,6 +176,13 @@ class ExtractParams(Section):
     beam: PosInt = 1  # task translation: beam size of the teacher's translations (sequence-level KD); 1 = greedy
 
 
+def registered(name: str, registry: dict, what: str) -> str:
+    """`name` when the plug-in registry (attnkd.plugins) has it, else the params error naming what is."""
+    if name not in registry:
+        raise ValueError(f"{name!r} is not {what} (have {', '.join(sorted(registry))})")
+    return name
+
+
 class StudentParams(Section):
     # transformer: a BERT of the teacher's class (layers, width, heads, feed-forward as below);
     # lstm: a BiLSTM with attention pooling (classification): num_layers LSTM layers of
@@ -200,9 +207,7 @@ class StudentParams(Section):
     @field_validator("family")
     @classmethod
     def _known_family(cls, name: str) -> str:
-        if name not in FAMILIES:
-            raise ValueError(f"{name!r} is not a student family (have {', '.join(FAMILIES)})")
-        return name
+        return registered(name, FAMILIES, "a student family")
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> StudentParams:
@@ -328,9 +333,7 @@ class Params(Section):
     @field_validator("task")
     @classmethod
     def _known_task(cls, name: str) -> str:
-        if name not in TASKS:
-            raise ValueError(f"{name!r} is not a task (have {', '.join(sorted(TASKS))})")
-        return name
+        return registered(name, TASKS, "a task")
 
     @field_validator("methods")
     @classmethod

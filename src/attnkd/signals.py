@@ -218,7 +218,6 @@ class SignalStore(Store):
             if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
                 mapping.madvise(mmap.MADV_DONTNEED)
 
-
     def signals(self, idx: np.ndarray, batch: dict, wanted: dict[str, list[int]]) -> tuple[dict[str, torch.Tensor], dict[tuple[str, int], torch.Tensor]]:
         """The teacher's signals for a collated batch of these rows, on the batch's device (a signal source)."""
         device = batch["input_ids"].device
@@ -254,7 +253,6 @@ class Online:
 def write_store(params, teacher_dir: Path, meta, train: Split, planned: dict[str, list[int]], out: Path, compute: Compute, task: Task) -> str:
     """The extract stage for an encoder teacher: the planned tensors that fit extract.max_gb (the
     rest left to distill, online), written atomically into `out`; its summary line."""
-    from attnkd.data import ids_digest
     from attnkd.models import load_model, load_tokenizer, weights_file
     from attnkd.io import atomic_dir
 
@@ -265,7 +263,7 @@ def write_store(params, teacher_dir: Path, meta, train: Split, planned: dict[str
     describe = {
         "split": "train",
         "teacher_sha256": sha256_file(weights_file(teacher_dir)),
-        "inputs_sha256": ids_digest(train.input_ids),
+        "inputs_sha256": task.inputs_digest(train),  # what distill checks the store against
         "max_length": meta.max_length,
         "teacher_precision": compute.precision,  # of the forward pass; stored values are in `dtype`
     } | ({"online": online, "max_bytes": max_bytes} if online else {})

@@ -83,24 +83,23 @@ class Run:
     FLUSH_ITEMS = 900  # under the 1,000 metrics a log_batch call takes
 
     def __init__(self, mlflow, run_id: str):
-        self._mlflow = mlflow
+        from mlflow.entities import Metric
+
+        self._mlflow, self._client, self._metric = mlflow, mlflow.MlflowClient(), Metric
         self.id = run_id
         self._pending: list = []
         self._flushed = time.monotonic()
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        self._pending += [self._metric(k, float(v), now, step) for k, v in metrics.items()]
         if len(self._pending) >= self.FLUSH_ITEMS or time.monotonic() - self._flushed >= self.FLUSH_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Write the buffered metrics."""
-        client = self._mlflow.MlflowClient()
         for start in range(0, len(self._pending), 1000):
-            client.log_batch(self.id, metrics=self._pending[start : start + 1000])
+            self._client.log_batch(self.id, metrics=self._pending[start : start + 1000])
         self._pending, self._flushed = [], time.monotonic()
 
     def log_artifact(self, path: Path) -> None:

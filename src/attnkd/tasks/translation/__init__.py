@@ -106,7 +106,7 @@ class Translation(TaskBase):
         return hooks.translation_plan(params, teacher_config, self)
 
     def write_store(self, params: Params, teacher_dir: Path, meta: PreparedMeta, train: Split, planned: dict, out: Path, compute: Compute) -> str:
-        return hooks.write_store(params, teacher_dir, meta, train, planned, out, compute)
+        return hooks.write_store(params, teacher_dir, train, planned, out, compute, self)
 
     def open_store(self, root: Path):
         from attnkd.tasks.translation.store import PairStore

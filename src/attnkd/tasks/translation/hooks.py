@@ -6,12 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attnkd import data
 from attnkd.errors import UserError
 from attnkd.io import atomic_dir, sha256_file
 from attnkd.losses import LOSSES, LossConfig, resolve_layer_map
 from attnkd.models import load_model, weights_file
-from attnkd.objective import Objective, Pairs, check_compatible
+from attnkd.objective import Objective, Pairs, check_compatible, check_students
 from attnkd.params import Params
 from attnkd.students import get_family
 from attnkd.tasks.translation.store import PairSource, PairStore, extract_pairs
@@ -25,24 +24,19 @@ def translation_plan(params: Params, teacher_config: dict, task) -> dict[str, li
     a student's: decoder layers, and for the encoder's maps the encoder layers of the same
     numbers (which the teacher's encoder must have)."""
     dp = params.distill
+    layers, heads, width = task.layer_shape(teacher_config)
+    check_students(params, heads, width, task)
     wanted: dict[str, set[int]] = {}
     for name in dp.students:
         sp = params.students[name]
-        problem = get_family(sp.family).serves(task)
-        if problem:
-            raise UserError(f"students.{name}: {problem}")
-        pairs = resolve_layer_map(dp.layer_map, teacher_config["decoder_layers"], sp.num_layers)
+        pairs = resolve_layer_map(dp.layer_map, layers, get_family(sp.family).layers(sp))
+        deepest = max(t for t, _ in pairs)
         for method, weights in params.methods.items():
             w = weights.weights()
-            deepest = max(t for t, _ in pairs)
             if any(LOSSES[k].source_queries for k in w) and deepest > teacher_config["encoder_layers"]:
                 raise UserError(f"methods.{method}: an encoder self-attention loss reads the teacher layers distill.layer_map pairs in the encoder too, "
                                 f"up to layer {deepest}, but the teacher has {teacher_config['encoder_layers']} encoder layers (teacher.seq2seq); "
                                 "map onto layers both stacks have (e.g. distill.layer_map: [[1, 1]])")
-            try:
-                check_compatible(w, dp, sp, teacher_config["decoder_attention_heads"], teacher_config["d_model"], task)
-            except UserError as e:
-                raise UserError(f"students.{name} with methods.{method}: {e}") from None
             target, kinds = seq2seq_wanted(w, pairs)
             if target == "teacher":
                 wanted.setdefault("teacher/ids", set())
@@ -67,14 +61,12 @@ def seq2seq_wanted(weights: dict[str, float], pairs: Pairs) -> tuple[str, dict[s
     return target, kinds
 
 
-def write_store(params: Params, teacher_dir: Path, meta, train, planned: dict[str, list[int]], out: Path, compute) -> str:
+def write_store(params: Params, teacher_dir: Path, train, planned: dict[str, list[int]], out: Path, compute, task) -> str:
     """An encoder-decoder teacher's store (attnkd.tasks.translation.store): its translations, top-k and
     cross-attention, as the plan lists them for the methods' targets."""
-    from attnkd.tasks import get_task
-
     ep = params.extract
-    model = load_model(teacher_dir, get_task(params.task)).to(compute.device)
-    describe = {"teacher_sha256": sha256_file(weights_file(teacher_dir)), "inputs_sha256": data.ids_digest([*train.input_ids, *train.extra["target_ids"]])}
+    model = load_model(teacher_dir, task).to(compute.device)
+    describe = {"teacher_sha256": sha256_file(weights_file(teacher_dir)), "inputs_sha256": task.inputs_digest(train)}
     with atomic_dir(out) as tmp:
         manifest = extract_pairs(model, train, planned, ep.topk, ep.beam, ep.dtype, ep.batch_size, tmp, describe, compute.device)
         size = sum(f.bytes for f in manifest.files.values())
