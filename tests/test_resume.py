@@ -46,7 +46,9 @@ def kill_after(cmd: list[str], env: dict, ckpt: Path, min_step: int) -> int:
             if step >= min_step:
                 proc.kill()
                 proc.wait()
-                return step
+                # the step the stage will resume from: it may have written one more checkpoint
+                # while the one read above was loading
+                return torch.load(ckpt, map_location="cpu", weights_only=True)["step"]
         time.sleep(0.05)
     raise AssertionError(f"the stage finished (exit {proc.returncode}) before it could be killed:\n{proc.stderr.read()[-2000:]}")
 
