@@ -145,8 +145,8 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
     which have no (n, n) map, their pooling rows beside the teacher's [CLS] row (`rows`)."""
     firsts = {row: names[0] for row, names in groups.items() if row != "teacher"}
     pooled = {row: n for row, n in firsts.items() if family_of(models[n]).attention == "row"}
-    first = {row: n for row, n in firsts.items() if row not in pooled}
-    if not rp.heatmap_examples or not firsts:
+    first = {row: n for row, n in firsts.items() if family_of(models[n]).attention == "maps"}
+    if not rp.heatmap_examples or not (first or pooled):
         return []
     pairs = records[next(iter(first.values()))].layer_pairs if first else []
     drawn = {"teacher": models["teacher"]} | {row: models[n] for row, n in first.items() if records[n].layer_pairs == pairs}
@@ -167,7 +167,8 @@ def heatmap_data(models: dict, records: dict, groups: dict[str, list[str]], test
 def encoder_measures(models, students, records, groups, test, meta, task, tokenizer, params) -> tuple[dict, dict, list]:
     """Attention agreement per mapped layer pair, forward-pass latency and throughput, heatmap data."""
     ep = params.evaluate
-    agreement = attention_agreement(models["teacher"], students, test.head(ep.agreement_examples), ep.batch_size, tokenizer.pad_token_id)
+    attending = {n: s for n, s in students.items() if family_of(s[0]).attention != "none"}  # a BiLSTM tagger has no attention to compare
+    agreement = attention_agreement(models["teacher"], attending, test.head(ep.agreement_examples), ep.batch_size, tokenizer.pad_token_id)
     timing = efficiency(models, test, tokenizer.pad_token_id, ep.latency_examples, ep.throughput_examples, ep.batch_size, ep.latency_repeats)
     return agreement, timing, heatmap_data(models, records, groups, test, meta, task, tokenizer, params.report)
 

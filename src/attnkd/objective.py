@@ -113,7 +113,7 @@ class Objective(torch.nn.Module):
         super().__init__()
         self.weights, self.pairs, self.task = weights, pairs, task
         self.cfg = loss_config(dp, sp, teacher_width, teacher_heads)
-        self.family = get_family(sp.family)  # reads the student's layer tensors
+        self.family = get_family(sp.family).for_task(task)  # reads the student's layer tensors
         self.proj = torch.nn.ModuleDict()
         width = self.cfg.student_width
         if any(LOSSES[name].projects for name in weights) and width != teacher_width:

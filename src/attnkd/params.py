@@ -89,6 +89,11 @@ class DataParams(Section):
     target_lang: str = ""
     vocab_size: Annotated[int, Field(ge=300)] = 8000
     empty_pairs: Literal["drop", "fail"] = "drop"
+    # task ner: CoNLL column files in data.dir (or a hub set of tokens + ner_tags); a word's tag on
+    # its first sub-token (first: the others are left out of loss and score) or on all of them;
+    # train_sentences > 0 keeps N training sentences drawn with the seed
+    label_subtokens: Literal["first", "all"] = "first"
+    train_sentences: Annotated[int, Field(ge=0)] = 0
 
     @model_validator(mode="after")
     def _consistent(self) -> DataParams:

@@ -25,6 +25,7 @@ class TaskInfo:
 TASKS: dict[str, TaskInfo] = {
     "classification": TaskInfo("attnkd.tasks.classification:TASK", transfer_set=True),
     "squad": TaskInfo("attnkd.tasks.squad:TASK"),
+    "ner": TaskInfo("attnkd.tasks.ner:TASK", sources=("files", "hub")),
     "translation": TaskInfo("attnkd.tasks.translation:TASK", sources=("files", "hub"), requires=("source_lang", "target_lang"), teacher_from="seq2seq"),
 }
 
@@ -32,7 +33,8 @@ FAMILIES: dict[str, str] = {
     "transformer": "attnkd.students.transformer:FAMILY",
     "lstm": "attnkd.students.lstm:FAMILY",
 }
-OWN_MODEL_TYPES: dict[str, str] = {"attnkd-bilstm": "lstm"}  # a saved model's config model_type -> the family whose own architecture it is
+# a saved model's config model_type -> the family (as it serves a task) whose own architecture it is
+OWN_MODEL_TYPES: dict[str, str] = {"attnkd-bilstm": "attnkd.students.lstm:FAMILY", "attnkd-bilstm-tagger": "attnkd.students.lstm:TAGGER"}
 
 
 def load(path: str):

@@ -313,7 +313,7 @@ def report_document(params, summary: dict, results: dict, groups: dict[str, list
         doc.table(examples)
         doc.para(task.examples_note)
     if "per_class_f1" in next(iter(summary.values())):
-        doc.heading("Per class (F1, mean over seeds)")
+        doc.heading(task.per_class_heading)
         doc.table(per_class_table(summary, digits))
     doc.heading(f"{capital} per seed")
     doc.table(seed_table(results, groups, digits, main))

@@ -23,13 +23,14 @@ class Family(Protocol):
     # a BiLSTM's attention-pooling weights
     kinds: tuple[str, ...]
     # how its attention compares with the teacher's: "maps" (per-layer (H, T, T) self-attention),
-    # or "row" (one attention row per example, against the teacher's [CLS] row)
+    # "row" (one attention row per example, against the teacher's [CLS] row), or "none"
     attention: str
 
     def layers(self, sp) -> int: ...  # how many of its layers the layer map pairs with teacher layers
     def width(self, sp) -> int: ...  # the width of its per-token states (the `hidden` kind)
     def heads(self, sp) -> int: ...  # its attention heads (1: one attention row)
     def serves(self, task) -> str: ...  # "" when it can train the task, else why not (one line)
+    def for_task(self, task) -> Family: ...  # the family as it serves the task (the BiLSTM's tagger for token classification)
     def build(self, teacher, sp, pairs: list[tuple[int, int]], seed: int) -> torch.nn.Module: ...  # fresh, then initialised from the teacher as sp.init says
     def describe(self, sp) -> str: ...  # the architecture in words (the report's setup)
     def layer_tensor(self, kind: str, layer: int, out, cap: dict) -> torch.Tensor: ...  # one of its `kinds` of a 1-based layer from a forward pass
@@ -43,7 +44,7 @@ def get_family(name: str) -> Family:
 
 def owner_of(model_type: str) -> Family | None:
     """The family whose own architecture a saved model's config `model_type` is (None: the task's class)."""
-    return get_family(OWN_MODEL_TYPES[model_type]) if model_type in OWN_MODEL_TYPES else None
+    return load(OWN_MODEL_TYPES[model_type]) if model_type in OWN_MODEL_TYPES else None
 
 
 def family_of(model) -> Family:
@@ -52,11 +53,13 @@ def family_of(model) -> Family:
     return owner_of(model.config.model_type) or get_family("transformer")
 
 
-def build_student(teacher, sp, pairs: list[tuple[int, int]], seed: int) -> torch.nn.Module:
-    """A fresh student of the catalogue entry `sp`, initialised from the seed, then from the
-    teacher as sp.init says; its word embeddings frozen unless sp.train_embeddings."""
+def build_student(teacher, sp, pairs: list[tuple[int, int]], seed: int, task=None) -> torch.nn.Module:
+    """A fresh student of the catalogue entry `sp` (built by its family as it serves `task`),
+    initialised from the seed, then from the teacher as sp.init says; its word embeddings frozen
+    unless sp.train_embeddings."""
     torch.manual_seed(seed)
-    student = get_family(sp.family).build(teacher, sp, pairs, seed)
+    family = get_family(sp.family)
+    student = (family if task is None else family.for_task(task)).build(teacher, sp, pairs, seed)
     student.get_input_embeddings().weight.requires_grad_(sp.train_embeddings)
     return student
 

@@ -95,6 +95,9 @@ class Transformer:
     def serves(self, task) -> str:
         return ""
 
+    def for_task(self, task):
+        return self
+
     def build(self, teacher, sp, pairs: list[tuple[int, int]], seed: int):
         student = type(teacher)(student_config(teacher.config, sp))
         copy_from_teacher(teacher, student, sp, pairs)

@@ -124,13 +124,13 @@ class TaskBase:
         """A student of the catalogue entry `sp`, built by its family (its initialisation fixed by the seed)."""
         from attnkd.students import build_student
 
-        return build_student(teacher, sp, pairs, seed)
+        return build_student(teacher, sp, pairs, seed, self)
 
     def student_kinds(self, sp) -> tuple[str, ...]:
         """The per-layer tensor kinds a student of `sp` exposes to the losses under this task."""
         from attnkd.students import get_family
 
-        return get_family(sp.family).kinds
+        return get_family(sp.family).for_task(self).kinds
 
     def layer_shape(self, teacher_config: dict) -> tuple[int, int, int]:
         """(layers the layer map pairs, heads, width) of a teacher's config."""
@@ -175,6 +175,7 @@ class TaskBase:
     # the report's words
     timing = "batch-1 forward time"  # what latency measures
     throughput_unit = ""  # after the throughput sentence
+    per_class_heading = "Per class (F1, mean over seeds)"  # above the per-class table, when the metrics have per_class
     examples_note = "The first test examples: the gold answers and each model's answer (the first-seed student of each row)."
 
     def quality_note(self, params) -> str:
@@ -198,7 +199,7 @@ class TaskBase:
         """A student architecture in words."""
         from attnkd.students import get_family
 
-        return get_family(sp.family).describe(sp)
+        return get_family(sp.family).for_task(self).describe(sp)
 
     def describe_teacher(self, params) -> list[str]:
         """Setup lines about a teacher the task builds itself (none for a pretrained encoder)."""
