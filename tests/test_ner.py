@@ -4,7 +4,6 @@ scores against hand counts and conlleval's reading of a hand case."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pytest
