@@ -26,7 +26,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n N: one thread per worker,
 # 1st and 3rd to one, the 2nd and 4th to the other), then one more whenever a worker runs out:
 # the longest group (tiny_repo, ~450 s on 2 cores) first, a short one third, so that it does not
 # also get the next longest; the other long modules go to the other worker.
-SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_stages.py", "test_translation_pipeline.py", "test_resume.py", "test_scaling.py"]
+SLOW_FIRST = ["test_e2e.py", "test_remotes.py", "test_squad_pipeline.py", "test_stages.py", "test_translation_pipeline.py", "test_ner_pipeline.py", "test_resume.py", "test_scaling.py"]
 SHARED = {"test_e2e.py": "tiny_repo", "test_remotes.py": "tiny_repo"}  # modules that share the one `dvc repro` of tiny_repo
 
 

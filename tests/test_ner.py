@@ -223,3 +223,18 @@ def test_a_bilstm_tagger_tags_every_token_and_keeps_padding_inert(tiny_model_dir
 
     with pytest.raises(UserError, match="attn_kl reads attn of each mapped student layer, which a lstm student does not have"):
         check_compatible({"ce": 1.0, "attn_kl": 1.0}, DistillParams(), sp, 4, 32, task)
+
+
+def test_a_hub_split_of_tokens_and_class_label_tags_reads_as_sentences():
+    import datasets
+
+    from attnkd.tasks.ner import hub_sentences
+
+    features = datasets.Features({"tokens": datasets.Sequence(datasets.Value("string")),
+                                  "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]))})
+    ds = datasets.Dataset.from_dict({"tokens": [["Peter", "Blackburn"], [], ["in", "New", "York"]], "ner_tags": [[1, 2], [], [0, 4, 4]]}, features=features)
+    read = hub_sentences(ds, "hub conll2003/- split 'train'")
+    assert [s.words for s in read.sentences] == [["Peter", "Blackburn"], ["in", "New", "York"]]
+    assert [s.tags for s in read.sentences] == [["B-PER", "I-PER"], ["O", "B-LOC", "I-LOC"]] and read.repaired == 1
+    with pytest.raises(UserError, match="expected columns `tokens` and `ner_tags`"):
+        hub_sentences(datasets.Dataset.from_dict({"tokens": [["a"]], "tags": [["O"]]}), "hub x")

@@ -14,7 +14,7 @@ from attnkd.tasks.ner.conll import entities, f1_of, span_counts
 from conftest import repro_copy, sh, shared_data, tiny_params
 
 CONLL = shared_data("conll2003/train.txt") / "conll2003"
-METHODS = {"ce": {"ce": 1.0}, "kd": {"ce": 0.5, "kd": 0.5}, "kd_hid": {"ce": 0.5, "kd": 0.5, "hidden_mse": 1.0}}
+METHODS = {"ce": {"ce": 1.0}, "kd_hid": {"ce": 0.5, "kd": 0.5, "hidden_mse": 1.0}}  # KD alone: tests/test_ner.py
 
 
 def first_lines(path, sentences: int) -> str:
@@ -46,7 +46,7 @@ def ner_repo(tmp_path_factory, tiny_model_dir):
 
 def test_every_stage_runs_and_nothing_is_left_stale(ner_repo):
     root, env, log = ner_repo
-    for stage in ("prepare", "teacher", "plan", "extract", "distill@small-kd-2", "distill@tagger-kd_hid-1", "evaluate", "report"):
+    for stage in ("prepare", "teacher", "plan", "extract", "distill@small-kd_hid-2", "distill@tagger-kd_hid-1", "evaluate", "report"):
         assert f"'{stage}'" in log, stage
     assert "Data and pipelines are up to date" in sh(["dvc", "status"], root, env)
     report = json.loads((root / "reports/data.json").read_text())
@@ -60,7 +60,7 @@ def test_every_stage_runs_and_nothing_is_left_stale(ner_repo):
 def test_the_metrics_are_conllevals_scores_of_the_written_tags(ner_repo):
     root, _, _ = ner_repo
     test = (CONLL / "test.txt").read_text(encoding="utf-8")
-    for name in ("teacher", "small-ce-s1", "tagger-kd-s2"):
+    for name in ("teacher", "small-ce-s1", "tagger-kd_hid-s2"):
         metrics = json.loads((root / f"reports/metrics/{name}.json").read_text())
         frame = pd.read_csv(root / f"reports/predictions/{name}.csv", keep_default_na=False)
         gold, predicted = frame["gold"].str.split().tolist(), frame["predicted"].str.split().tolist()
@@ -88,7 +88,7 @@ def test_the_reports_tables_equal_the_metrics_json(ner_repo):
             values = [metric[f"{student}-{method}-s{k}"]["f1"] for k in (1, 2)]
             assert table[f"{student} {method}"][1] == f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
     headline = json.loads((root / "reports/headline.json").read_text())
-    assert table["tagger kd"][6].startswith(f"{headline['tagger kd']['delta']:+.1f} [")
+    assert table["tagger kd_hid"][6].startswith(f"{headline['tagger kd_hid']['delta']:+.1f} [")
     per_type = cells(report, "Per entity type (F1, mean over seeds; precision and recall per type are in reports/metrics/)")
     assert per_type["_header"] == ["LOC", "MISC", "ORG", "PER"]
     teacher = json.loads((root / "reports/metrics/teacher.json").read_text())

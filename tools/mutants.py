@@ -24,6 +24,7 @@ LOSS_TESTS = ("tests/test_losses.py", "tests/test_objective.py")
 STORE_TESTS = ("tests/test_objective.py", "tests/test_signals.py")
 STATS_TESTS = ("tests/test_report.py",)
 SQUAD_TESTS = ("tests/test_squad.py",)
+NER_TESTS = ("tests/test_ner.py",)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,15 @@ MUTANTS = [
            ("squad_span_rows_mask_cls", "allowed[:, 0] = True  # [CLS]", "allowed[:, 0] = False  # [CLS]"),
            ("squad_span_rows_keep_the_question", "allowed = (token_type_ids.bool() & attention_mask.bool()).clone()",
             "allowed = attention_mask.bool().clone()")),
+    *group("src/attnkd/tasks/ner/conll.py", NER_TESTS,
+           ("ner_tag_on_the_last_sub_token",
+            "        starts.append(len(ids))\n        ids += p\n        labels += [tag] + [IGNORE if later is None else later.get(tag, tag)] * (len(p) - 1)",
+            "        starts.append(len(ids) + len(p) - 1)\n        ids += p\n        labels += [IGNORE if later is None else later.get(tag, tag)] * (len(p) - 1) + [tag]"),
+           ("ner_span_right_with_the_wrong_type", "g, p = entities(gold), entities(predicted)", "g, p = {e[1:] for e in entities(gold)}, {e[1:] for e in entities(predicted)}"),
+           ("ner_i_after_o_not_repaired", 'if tag.startswith("I-") and (i == 0 or out[i - 1][2:] != tag[2:]):', 'if False:')),
+    *group("src/attnkd/tasks/ner/__init__.py", NER_TESTS,
+           ("ner_masked_sub_token_scored", 'predictions[i, np.asarray(ex["word_starts"][i], dtype=np.int64)]', 'predictions[i, np.asarray(ex["word_starts"][i], dtype=np.int64) + 1]'),
+           ("ner_masked_sub_tokens_in_the_loss", 'labelled = batch["labels"][:, : raw["logits"].shape[1]] >= 0  # (B, T)', 'labelled = batch["attention_mask"].bool()  # (B, T)')),
     *group("src/attnkd/tasks/squad/__init__.py", SQUAD_TESTS,
            ("squad_answer_from_the_first_window_only", 'offsets_of(ex["offsets"][i])) for i in idx]', 'offsets_of(ex["offsets"][i])) for i in idx[:1]]')),
     # translation: the encoder-decoder's store, targets and losses

@@ -4,6 +4,7 @@
     python tools/results.py --check   # exit 1 when a block differs from what reports/ gives
     python tools/results.py --run ../mt --code 2064c9f --doc docs/translation.md --block multi30k
                                       # a profile's run in another clone: its tables into one block of a doc
+                                      # (--also TITLE: one more section of its report, e.g. a per-type table)
 
 The tables are cut from reports/report.md (which the report stage renders from the metrics) and
 stamped with the commit that last recorded reports/summary.json, so a number in the docs always
@@ -44,12 +45,14 @@ def blocks(root: Path) -> dict[str, str]:
     }
 
 
-def run_block(run: Path, code: str) -> str:
-    """A profile run's quality, efficiency and agreement tables, from its reports/report.md, stamped
-    with the commit whose code made them (the run's clone may carry uncommitted params)."""
+def run_block(run: Path, code: str, also: tuple[str, ...] = ()) -> str:
+    """A profile run's quality, efficiency and agreement tables (and the sections titled `also`),
+    from its reports/report.md, stamped with the commit whose code made them (the run's clone may
+    carry uncommitted params). A section the report lacks (no attention to agree on) is left out."""
     report = (run / "reports/report.md").read_text(encoding="utf-8")
     stamp = f"From the run's `reports/report.md` (code of commit {code}; params: the profile)."
-    return "\n\n".join([*(section_table(report, title) for title in SECTIONS.values()), stamp])
+    titles = [t for t in (*SECTIONS.values(), *also) if f"## {t}\n" in report]
+    return "\n\n".join([*(section_table(report, title) for title in titles), stamp])
 
 
 def render(text: str, generated: dict[str, str]) -> str:
@@ -65,13 +68,14 @@ def main() -> int:
     p.add_argument("--code", help="with --run: the commit of the code that ran")
     p.add_argument("--doc", type=Path, help="with --run: the doc to write into")
     p.add_argument("--block", help="with --run: the block's name (<!-- results:NAME -->)")
+    p.add_argument("--also", action="append", default=[], help="with --run: another section of the report to copy (its title; repeatable)")
     args = p.parse_args()
     if args.run:
         text = args.doc.read_text(encoding="utf-8")
         if f"<!-- results:{args.block} -->" not in text:
             print(f"{args.doc}: no <!-- results:{args.block} --> block", file=sys.stderr)
             return 2
-        args.doc.write_text(render(text, {args.block: run_block(args.run, args.code)}), encoding="utf-8")
+        args.doc.write_text(render(text, {args.block: run_block(args.run, args.code, tuple(args.also))}), encoding="utf-8")
         print(f"wrote: {args.doc} ({args.block})")
         return 0
     generated = blocks(args.root)
