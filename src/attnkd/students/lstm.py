@@ -84,15 +84,20 @@ class BiLSTMForSequenceClassification(PreTrainedModel):
     def set_input_embeddings(self, value: nn.Embedding) -> None:
         self.embeddings = value
 
+    def states(self, input_ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(embeddings (B, T, E) after dropout, BiLSTM outputs (B, T, 2H), 0 on padding) of a batch."""
+        lengths = mask.sum(1).clamp_min(1).cpu()  # (B,)
+        emb = self.dropout(self.embeddings(input_ids))  # (B, T, E)
+        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
+        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.shape[1])  # (B, T, 2H), 0 on padding
+        return emb, h
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
                 **_ignored) -> BiLSTMOutput:
         """input_ids, attention_mask (B, T); token_type_ids and output_attentions are accepted
         and ignored (one sequence, one attention view: `pooling`)."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        lengths = mask.sum(1).clamp_min(1).cpu()  # (B,)
-        emb = self.dropout(self.embeddings(input_ids))  # (B, T, E)
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.shape[1])  # (B, T, 2H), 0 on padding
+        emb, h = self.states(input_ids, mask)  # (B, T, E), (B, T, 2H)
         scores = self.attn_score(torch.tanh(self.attn_proj(h))).squeeze(-1)  # (B, T)
         pooling = torch.softmax(scores.masked_fill(~mask.bool(), torch.finfo(scores.dtype).min), dim=-1)  # (B, T)
         pooled = (pooling.unsqueeze(-1) * h).sum(1)  # (B, 2H)
@@ -132,11 +137,7 @@ class BiLSTMForTokenClassification(BiLSTMForSequenceClassification):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, output_hidden_states: bool = False,
                 **_ignored) -> BiLSTMTaggerOutput:
         """input_ids, attention_mask (B, T); token_type_ids and output_attentions are accepted and ignored."""
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        lengths = mask.sum(1).clamp_min(1).cpu()  # (B,)
-        emb = self.dropout(self.embeddings(input_ids))  # (B, T, E)
-        packed = pack_padded_sequence(emb, lengths, batch_first=True, enforce_sorted=False)
-        h, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=input_ids.shape[1])  # (B, T, 2H), 0 on padding
+        emb, h = self.states(input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask)  # (B, T, E), (B, T, 2H)
         logits = self.classifier(self.dropout(h))  # (B, T, C)
         return BiLSTMTaggerOutput(logits=logits, hidden_states=(emb, h) if output_hidden_states else None)
 
