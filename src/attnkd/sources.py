@@ -271,6 +271,18 @@ def hub_split(loaded, name: str, config: str, split: str, hub_split_name: str):
     return loaded[hub_split_name], where
 
 
+def read_hub_splits(dp, parse) -> tuple[dict, dict[str, str]]:
+    """Each split data.splits names of hub data set data.hub_name, read by `parse(ds, split, where)`,
+    and where each came from, as the params say it (a task's own hub reader: SQuAD, NER)."""
+    names = {k: v for k, v in dp.splits.model_dump().items() if v}
+    loaded = load_hub(dp.hub_name, dp.hub_config)
+    out = {}
+    for split, name in names.items():
+        ds, where = hub_split(loaded, dp.hub_name, dp.hub_config, split, name)
+        out[split] = parse(ds, split, where)
+    return out, {k: f"hub {dp.hub_name} split {v}" for k, v in names.items()}
+
+
 def resolve_dir(folder: str, root: Path) -> Path:
     """data.dir as a path: a relative one is relative to `root` (the repository)."""
     return Path(folder) if Path(folder).is_absolute() else root / folder

@@ -80,6 +80,12 @@ def predict_rows(model, split: Split, batch_size: int, pad_id: int, width: int, 
     return compute.sum(out).numpy()
 
 
+def class_head(meta: PreparedMeta) -> dict:
+    """The head config of a model over the prepared class (or tag) names: their count and both maps."""
+    names = meta.label_names
+    return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+
+
 def hard_label_loss(task: Task):
     """The teacher's step loss: hard-label cross-entropy on the task's view (the registry's `ce`)."""
     from attnkd.losses import LOSSES, LossConfig
@@ -243,4 +249,4 @@ class EncoderTask(TaskBase):
         return batch["attention_mask"]  # (B, T)
 
 
-__all__ = ["EncoderTask", "Task", "TaskBase", "View", "hard_label_loss", "predict_rows", "raw_outputs"]
+__all__ = ["EncoderTask", "Task", "TaskBase", "View", "class_head", "hard_label_loss", "predict_rows", "raw_outputs"]

@@ -22,7 +22,7 @@ from attnkd.artifacts import PreparedMeta, SplitInfo
 from attnkd.io import sha256_file
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
-from attnkd.tasks.base import EncoderTask, View, predict_rows
+from attnkd.tasks.base import EncoderTask, View, class_head, predict_rows
 from attnkd.tasks.classification.scores import LABELS, calibration_error, classification_metrics, confusion, data_note, data_table, per_class
 
 
@@ -142,8 +142,7 @@ class Classification(EncoderTask):
         return meta, report
 
     def head_config(self, meta: PreparedMeta) -> dict:
-        names = meta.label_names
-        return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+        return class_head(meta)
 
     def view(self, raw: dict[str, torch.Tensor], batch: dict) -> View:
         return {"logits": raw["logits"]}  # (B, C)

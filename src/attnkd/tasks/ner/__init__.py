@@ -29,7 +29,7 @@ from attnkd.errors import UserError
 from attnkd.io import sha256_file
 from attnkd.models import load_tokenizer, resolve_init
 from attnkd.params import DataParams, Params
-from attnkd.tasks.base import EncoderTask, View, predict_rows
+from attnkd.tasks.base import EncoderTask, View, class_head, predict_rows
 from attnkd.tasks.ner.conll import (IGNORE, Read, Sentence, check_tags, entities, f1_of, per_type, read_conll, repair_iob2, span_counts,
                                     tag_names, windows)
 
@@ -51,14 +51,9 @@ def hub_sentences(ds, where: str) -> Read:
 
 def read_splits(dp: DataParams, root: Path) -> tuple[dict[str, Read], dict[str, str]]:
     """The tagged sentences of each named split, and where each came from, as the params say it."""
-    names = {k: v for k, v in dp.splits.model_dump().items() if v}
     if dp.source == "hub":
-        loaded = sources.load_hub(dp.hub_name, dp.hub_config)
-        out = {}
-        for split, name in names.items():
-            ds, where = sources.hub_split(loaded, dp.hub_name, dp.hub_config, split, name)
-            out[split] = hub_sentences(ds, where)
-        return out, {k: f"hub {dp.hub_name} split {v}" for k, v in names.items()}
+        return sources.read_hub_splits(dp, lambda ds, split, where: hub_sentences(ds, where))
+    names = {k: v for k, v in dp.splits.model_dump().items() if v}
     folder = sources.resolve_dir(dp.dir, root)
     return ({split: read_conll(folder / name, f"{dp.dir}/{name}") for split, name in names.items()},
             {k: f"{dp.dir}/{v}" for k, v in names.items()})
@@ -198,8 +193,7 @@ class Ner(EncoderTask):
         return meta, report
 
     def head_config(self, meta: PreparedMeta) -> dict:
-        names = meta.label_names
-        return {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+        return class_head(meta)
 
     def collate(self, split: Split, idx: np.ndarray, pad_id: int) -> dict:
         """A padded batch; labels (B, T), cut from the stored (B, max_length) to the batch's length."""
@@ -234,9 +228,8 @@ class Ner(EncoderTask):
             row["words"] += list(ex["words"][i])
             row["gold"] += list(ex["tags"][i])
             row["predicted"] += [names[int(t)] for t in predictions[i, np.asarray(ex["word_starts"][i], dtype=np.int64)]]
-        frame = pd.DataFrame([{"sentence": s, "words": " ".join(r["words"]), "gold": " ".join(r["gold"]), "predicted": " ".join(r["predicted"]),
+        return pd.DataFrame([{"sentence": s, "words": " ".join(r["words"]), "gold": " ".join(r["gold"]), "predicted": " ".join(r["predicted"]),
                                **dict(zip(("tp", "fp", "fn"), span_counts(r["gold"], r["predicted"])))} for s, r in rows.items()])
-        return frame
 
     def _scores(self, frame: pd.DataFrame) -> dict[str, float]:
         tp, fp, fn = (int(frame[k].sum()) for k in ("tp", "fp", "fn"))

@@ -42,14 +42,9 @@ def read_questions(dp: DataParams, root: Path) -> tuple[dict[str, list[Question]
         raise UserError("params.yaml: data.source: bbc_news is not SQuAD data; task squad reads data.source: files (SQuAD JSON) or hub")
     if not dp.splits.test:
         raise UserError("params.yaml: data.splits.test: task squad needs the file (or hub split) its test and validation articles come from")
-    names = {k: v for k, v in dp.splits.model_dump().items() if v}
     if dp.source == "hub":
-        loaded = sources.load_hub(dp.hub_name, dp.hub_config)
-        out = {}
-        for split, name in names.items():
-            ds, where = sources.hub_split(loaded, dp.hub_name, dp.hub_config, split, name)
-            out[split] = parse_squad(hub_document(ds.to_list()), where, require_answers=split == "train")
-        return out, {k: f"hub {dp.hub_name} split {v}" for k, v in names.items()}
+        return sources.read_hub_splits(dp, lambda ds, split, where: parse_squad(hub_document(ds.to_list()), where, require_answers=split == "train"))
+    names = {k: v for k, v in dp.splits.model_dump().items() if v}
     folder = sources.resolve_dir(dp.dir, root)
     out = {split: read_squad(folder / name, require_answers=split == "train") for split, name in names.items()}
     return out, {k: f"{dp.dir}/{v}" for k, v in names.items()}
